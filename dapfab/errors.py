@@ -1,0 +1,92 @@
+"""Errors as values: every failure names the hop that broke and how to fix it.
+
+Rendered to one line only at the CLI edge (:func:`render`); the library raises.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DapError(Exception):
+    """Base of every dapfab error: a hop, what went wrong, a hint, and an exit code."""
+
+    exit_code: int = 1
+    hop: str = "dapfab"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        hop: str | None = None,
+        exit_code: int | None = None,
+        result: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        if hop is not None:
+            self.hop = hop
+        if exit_code is not None:
+            self.exit_code = exit_code
+        self.result = result
+
+    def __str__(self) -> str:
+        text = f"{self.hop}: {self.message}"
+        return f"{text} ({self.hint})" if self.hint else text
+
+
+class ConfigError(DapError):
+    """Input or configuration that dapfab refuses before sending anything (exit 2)."""
+
+    exit_code = 2
+    hop = "config"
+
+
+class SSHError(DapError):
+    """The SSH hop failed: unreachable, timeout, authentication, host key (exit 255)."""
+
+    exit_code = 255
+    hop = "ssh"
+
+
+class HostKeyError(SSHError):
+    """A host key is unknown (policy ``reject``) or has changed (exit 255)."""
+
+
+class RunnerError(DapError):
+    """The runner hop failed: incus missing, VM not found or not running (exit 125)."""
+
+    exit_code = 125
+    hop = "runner"
+
+
+class CommandError(DapError):
+    """The remote command exited non-zero; ``exit_code`` is its own and ``result`` is kept."""
+
+    hop = "runner"
+
+
+class DapTimeout(DapError):
+    """A time limit of dapfab's own ran out (exit 124)."""
+
+    exit_code = 124
+
+
+class Interrupted(DapError):
+    """Ctrl-C (exit 130) or SIGTERM (exit 143), raised after cleanup."""
+
+    exit_code = 130
+    hop = "dapfab"
+
+
+class CurlError(DapError):
+    """curl failed in the runner (its own exit code) or, for ``k8s.curl``, HTTP >= 400 (22)."""
+
+    hop = "curl"
+
+
+def render(error: DapError) -> str:
+    """The single stderr line the CLI prints for ``error``."""
+    return f"dapfab: {error}"

@@ -1,0 +1,188 @@
+"""Pure command builders and input validation: no I/O, every word quoted once per shell.
+
+The reference remote form (DESIGN §1), what ``inv --dry`` shows::
+
+    incus [--project P] exec <vm> -T -- bash -lc '<command>'
+
+``<command>`` is shell code for ``bash -lc`` in the VM (for kubectl: :func:`kubectl_command`,
+every word quoted once); the whole line is quoted once more for the management host's
+login shell (:func:`incus_command`).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from dapfab.errors import ConfigError
+from dapfab.quoting import join
+
+NAME_MAX = 63
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_PORT = re.compile(r"[0-9]+")
+
+
+def validate_name(kind: str, value: Any, *, allow_remote: bool = False) -> str:
+    """Return ``value`` if it is a valid VM/project/profile name (DESIGN §6), else ConfigError.
+
+    ``[A-Za-z0-9][A-Za-z0-9-]*``, at most 63 characters; with ``allow_remote`` an optional
+    ``remote:`` prefix (itself a valid name) is accepted.
+    """
+    hint = f"a {kind} name is letters, digits and '-', starting with a letter or digit, at most {NAME_MAX} characters"
+    if not isinstance(value, str):
+        raise ConfigError(f"invalid {kind} name {value!r}: not a string", hint=hint)
+    parts = value.split(":", 1) if allow_remote else [value]
+    if allow_remote and len(parts) == 2:
+        hint = f"{hint}; an optional 'remote:' prefix follows the same rule"
+    for part in parts:
+        if not part or len(part) > NAME_MAX or not _NAME.fullmatch(part) or not part.isascii():
+            raise ConfigError(f"invalid {kind} name {value!r}", hint=hint)
+    return value
+
+
+def validate_port(value: Any, *, allow_zero: bool = False, what: str = "port") -> int:
+    """Return ``value`` (str or int) as a TCP port 1-65535 (0 too with ``allow_zero``)."""
+    low = 0 if allow_zero else 1
+    hint = f"give a {what} number from {low} to 65535"
+    if isinstance(value, bool):
+        raise ConfigError(f"invalid {what} {value!r}", hint=hint)
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and _PORT.fullmatch(value.strip()) and len(value.strip()) <= 5:
+        number = int(value.strip())
+    else:
+        raise ConfigError(f"invalid {what} {value!r}: not a number", hint=hint)
+    if not low <= number <= 65535:
+        raise ConfigError(f"invalid {what} {value!r}: out of range", hint=hint)
+    return number
+
+
+def validate_namespace(value: Any) -> str:
+    """Return ``value`` if it is a Kubernetes namespace name (DNS-1123 label), else ConfigError."""
+    if not isinstance(value, str) or len(value) > NAME_MAX or not _NAMESPACE.fullmatch(value):
+        raise ConfigError(
+            f"invalid namespace {value!r}",
+            hint="a namespace is lower-case letters, digits and '-', at most 63 characters",
+        )
+    return value
+
+
+def validate_context(value: Any) -> str:
+    """Return ``value`` if it can be a kubeconfig context name, else ConfigError."""
+    if not isinstance(value, str) or not value or value.startswith("-") or _has_control(value):
+        raise ConfigError(
+            f"invalid kubectl context {value!r}",
+            hint="give a context name from `kubectl config get-contexts` in the runner",
+        )
+    return value
+
+
+def validate_url(value: Any) -> str:
+    """Return ``value`` if it is an http(s) URL curl may fetch: no whitespace or controls."""
+    hint = "give a URL such as http://service.namespace:8080/path"
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"invalid URL {value!r}", hint=hint)
+    if _has_control(value) or any(ch.isspace() for ch in value):
+        raise ConfigError(f"invalid URL {value!r}: whitespace or control characters", hint=hint)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as error:
+        raise ConfigError(f"invalid URL {value!r}: {error}", hint=hint) from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ConfigError(f"invalid URL {value!r}: scheme must be http or https", hint=hint)
+    if not parts.hostname:
+        raise ConfigError(f"invalid URL {value!r}: no host", hint=hint)
+    return value
+
+
+def _has_control(text: str) -> bool:
+    return any(unicodedata.category(ch) == "Cc" for ch in text)
+
+
+def _words(args: Sequence[str], what: str) -> list[str]:
+    if isinstance(args, (str, bytes)):
+        raise TypeError(f"{what} must be a sequence of strings, not a single string")
+    words = list(args)
+    for word in words:
+        if not isinstance(word, str):
+            raise TypeError(f"{what} must be strings, got {word!r}")
+        if "\x00" in word:
+            raise ConfigError(
+                f"{what} contain a NUL character",
+                hint="a command-line argument cannot hold NUL; pass such data on stdin",
+            )
+    return words
+
+
+def kubectl_argv(
+    args: Sequence[str], *, namespace: str | None = None, context: str | None = None
+) -> list[str]:
+    """``kubectl``, dapfab's ``--namespace``/``--context`` (validated), then ``args`` unchanged."""
+    argv = ["kubectl"]
+    if namespace is not None:
+        argv += ["--namespace", validate_namespace(namespace)]
+    if context is not None:
+        argv += ["--context", validate_context(context)]
+    return argv + _words(args, "kubectl arguments")
+
+
+def kubectl_command(
+    args: Sequence[str], *, namespace: str | None = None, context: str | None = None
+) -> str:
+    """The kubectl command as shell code for ``bash -lc`` in the VM: each word quoted once."""
+    return join(kubectl_argv(args, namespace=namespace, context=context))
+
+
+def _runner_fields(runner: Any) -> tuple[str, str | None, str]:
+    """``(incus, project, vm_name)`` from a RunnerConfig or a mapping with those keys."""
+    if isinstance(runner, Mapping):
+        incus = runner.get("incus", "incus")
+        project = runner.get("project")
+        vm = runner.get("vm_name", runner.get("vm"))
+    else:
+        incus, project, vm = runner.incus, runner.project, runner.vm_name
+    if vm is None:
+        raise ConfigError("no VM name given", hint="set dap.runner.vm")
+    if project is not None:
+        validate_name("project", project)
+    if not isinstance(incus, str) or not incus or incus.startswith("-") or _has_control(incus):
+        raise ConfigError(f"invalid incus client {incus!r}", hint="set dap.runner.incus")
+    return incus, project, validate_name("VM", vm, allow_remote=True)
+
+
+def incus_argv(runner: Any, command: str, *, pty: bool = False) -> list[str]:
+    """The reference argv ``incus [--project P] exec <vm> -t|-T -- bash -lc <command>``.
+
+    ``runner`` is a :class:`~dapfab.config.RunnerConfig` or a mapping with ``vm_name``
+    (or ``vm``), ``incus`` and ``project``; ``command`` is shell code for the VM, already
+    quoted for ``bash -lc`` (e.g. :func:`kubectl_command`).
+    """
+    incus, project, vm = _runner_fields(runner)
+    _words([command], "the runner command")
+    argv = [incus]
+    if project is not None:
+        argv += ["--project", project]
+    return argv + ["exec", vm, "-t" if pty else "-T", "--", "bash", "-lc", command]
+
+
+def incus_command(runner: Any, command: str, *, pty: bool = False) -> str:
+    """:func:`incus_argv` quoted once for the management host's login shell."""
+    return join(incus_argv(runner, command, pty=pty))
+
+
+__all__ = [
+    "incus_argv",
+    "incus_command",
+    "kubectl_argv",
+    "kubectl_command",
+    "validate_context",
+    "validate_name",
+    "validate_namespace",
+    "validate_port",
+    "validate_url",
+]

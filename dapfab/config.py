@@ -1,0 +1,497 @@
+"""How to reach a runner: the ``dap`` config tree, its layering, and :class:`RunnerConfig`.
+
+Precedence, lowest first (DESIGN §2)::
+
+    built-in DEFAULTS < /etc/invoke.yaml < ~/.invoke.yaml < project invoke.yaml
+      < runtime file (inv -f) < profile dap.runners.NAME.* < DAP_* env vars < task flags
+
+Invoke merges the file layers itself; everything above them is done here, in one place
+(:func:`resolve`), which also records where every value came from for ``config.show``.
+
+A profile (``--runner NAME`` or ``DAP_RUNNER``) is a mapping under ``dap.runners.NAME``.
+Its top-level keys are ``dap.runner`` keys (``ssh_host``, ``ssh_key``, ``vm``, ``gateway``,
+``incus``, ``project``); it may also hold ``ssh:`` and ``kubectl:`` sub-mappings that overlay
+``dap.ssh.*`` and ``dap.kubectl.*`` (a production runner usually has its own namespace or
+context). Unknown keys in ``dap.runner``, ``dap.ssh``, ``dap.kubectl`` or a profile are
+refused (exit 2): a typo such as ``vm_name:`` would otherwise be ignored silently.
+
+``DAP_*`` variables that are set but empty count as unset.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dapfab.commands import validate_name
+from dapfab.errors import ConfigError
+
+PLACEHOLDER_HOST = "user@mgmt.example.com"
+
+DEFAULTS: dict[str, Any] = {
+    "runner": {
+        "ssh_host": PLACEHOLDER_HOST,
+        "ssh_key": "~/.ssh/id_ed25519",
+        "vm": "dap-runner",
+        "gateway": None,
+        "incus": "incus",
+        "project": None,
+    },
+    "ssh": {
+        "known_hosts": "~/.ssh/known_hosts",
+        "host_key_policy": "reject",
+        "connect_timeout": 10,
+    },
+    "kubectl": {"namespace": None, "context": None},
+    "runners": {},
+}
+
+HOST_KEY_POLICIES = ("reject", "accept-new")
+
+
+@dataclass(frozen=True)
+class Key:
+    """One effective setting: its dotted path under ``dap``, env var, field and task flag."""
+
+    path: str
+    env: str
+    field: str | None = None
+    flag: str | None = None
+
+    @property
+    def section(self) -> str:
+        return self.path.split(".", 1)[0]
+
+    @property
+    def name(self) -> str:
+        return self.path.split(".", 1)[1]
+
+
+KEYS: tuple[Key, ...] = (
+    Key("runner.ssh_host", "DAP_RUNNER_SSH_HOST", "ssh_host", "--ssh-host"),
+    Key("runner.ssh_key", "DAP_RUNNER_SSH_KEY", "ssh_key", "--ssh-key"),
+    Key("runner.vm", "DAP_RUNNER_VM", "vm_name", "--vm"),
+    Key("runner.gateway", "DAP_RUNNER_SSH_GATEWAY", "gateway", "--gateway"),
+    Key("runner.incus", "DAP_RUNNER_INCUS", "incus"),
+    Key("runner.project", "DAP_RUNNER_PROJECT", "project"),
+    Key("ssh.known_hosts", "DAP_SSH_KNOWN_HOSTS", "known_hosts"),
+    Key("ssh.host_key_policy", "DAP_SSH_HOST_KEY_POLICY", "host_key_policy"),
+    Key("ssh.connect_timeout", "DAP_SSH_CONNECT_TIMEOUT", "connect_timeout"),
+    Key("kubectl.namespace", "DAP_KUBECTL_NAMESPACE", None, "--namespace"),
+    Key("kubectl.context", "DAP_KUBECTL_CONTEXT", None, "--context"),
+)
+KEYS_BY_PATH = {key.path: key for key in KEYS}
+KEYS_BY_FIELD = {key.field: key for key in KEYS if key.field}
+PROFILE_ENV = "DAP_RUNNER"
+
+_SECTIONS = ("runner", "ssh", "kubectl")
+_HOST_BAD = re.compile(r"[\s\x00-\x1f\x7f]")
+_INCUS_CLIENT = re.compile(r"[A-Za-z0-9_./+][A-Za-z0-9_./+-]*")
+
+
+def default_ssh_key() -> str:
+    """The built-in key path, expanded: a missing default key is not an error (agent)."""
+    return expand_path(DEFAULTS["runner"]["ssh_key"])
+
+
+def expand_path(path: str) -> str:
+    """``~`` expanded and made absolute (relative paths are taken from the current dir)."""
+    return os.path.abspath(os.path.expanduser(path))
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _host(kind: str, value: Any, hint_key: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(
+            f"{kind} is empty or not a string: {value!r}",
+            hint=f"set {hint_key} to user@host[:port] or an ssh_config alias",
+        )
+    if _HOST_BAD.search(value) or value.startswith("-"):
+        raise ConfigError(
+            f"invalid {kind} {value!r}: whitespace, control characters or a leading '-'",
+            hint=f"set {hint_key} to user@host[:port] or an ssh_config alias",
+        )
+    hostport = value.rsplit("@", 1)[-1]
+    if not hostport:
+        raise ConfigError(f"invalid {kind} {value!r}: no host", hint=f"set {hint_key}")
+    if hostport.count(":") == 1:
+        port = hostport.split(":", 1)[1]
+        if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(
+                f"invalid {kind} {value!r}: port {port!r} is not 1-65535",
+                hint=f"set {hint_key} to user@host[:port]",
+            )
+    return value
+
+
+def _path(kind: str, value: Any, hint_key: str) -> str:
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise ConfigError(f"invalid {kind} path {value!r}", hint=f"set {hint_key} to a file path")
+    return expand_path(value)
+
+
+def _timeout(value: Any) -> float:
+    hint = "set dap.ssh.connect_timeout / DAP_SSH_CONNECT_TIMEOUT to seconds > 0"
+    if isinstance(value, bool):
+        raise ConfigError(f"invalid connect timeout {value!r}", hint=hint)
+    try:
+        seconds = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"invalid connect timeout {value!r}: not a number", hint=hint) from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"invalid connect timeout {value!r}: must be > 0", hint=hint)
+    return seconds
+
+
+def _optional(value: Any) -> Any:
+    """Empty strings in config files mean "not set", like YAML ``null``."""
+    return None if value == "" else value
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """How to reach one runner VM; hashable, the key for sharing connections.
+
+    Validated on construction (raises :class:`~dapfab.errors.ConfigError`, exit 2); paths
+    are expanded to absolute paths and the timeout becomes a float.
+    """
+
+    ssh_host: str = PLACEHOLDER_HOST
+    ssh_key: str | None = DEFAULTS["runner"]["ssh_key"]
+    vm_name: str = DEFAULTS["runner"]["vm"]
+    gateway: str | None = None
+    incus: str = DEFAULTS["runner"]["incus"]
+    project: str | None = None
+    known_hosts: str = DEFAULTS["ssh"]["known_hosts"]
+    host_key_policy: str = DEFAULTS["ssh"]["host_key_policy"]
+    connect_timeout: float = field(default=float(DEFAULTS["ssh"]["connect_timeout"]))
+
+    def __post_init__(self) -> None:
+        put = object.__setattr__
+        put(self, "ssh_host", _host("management host", self.ssh_host, "dap.runner.ssh_host"))
+        gateway = _optional(self.gateway)
+        if gateway is not None:
+            gateway = _host("gateway", gateway, "dap.runner.gateway")
+        put(self, "gateway", gateway)
+        key = _optional(self.ssh_key)
+        put(self, "ssh_key", None if key is None else _path("key", key, "dap.runner.ssh_key"))
+        put(self, "vm_name", validate_name("VM", self.vm_name, allow_remote=True))
+        project = _optional(self.project)
+        put(self, "project", None if project is None else validate_name("project", project))
+        if not isinstance(self.incus, str) or not _INCUS_CLIENT.fullmatch(self.incus):
+            raise ConfigError(
+                f"invalid incus client {self.incus!r}",
+                hint="set dap.runner.incus to a command name such as incus or lxc",
+            )
+        put(self, "known_hosts", _path("known_hosts", self.known_hosts, "dap.ssh.known_hosts"))
+        policy = self.host_key_policy
+        policy = policy.strip().lower() if isinstance(policy, str) else policy
+        if policy not in HOST_KEY_POLICIES:
+            raise ConfigError(
+                f"invalid host key policy {self.host_key_policy!r}",
+                hint="set dap.ssh.host_key_policy to reject or accept-new",
+            )
+        put(self, "host_key_policy", policy)
+        put(self, "connect_timeout", _timeout(self.connect_timeout))
+
+    @property
+    def is_placeholder(self) -> bool:
+        """True while ``ssh_host`` is the built-in placeholder: never connect to it."""
+        return self.ssh_host == PLACEHOLDER_HOST
+
+    def check_configured(self) -> None:
+        """Raise ConfigError (exit 2) if the management host is still the placeholder."""
+        if self.is_placeholder:
+            raise ConfigError(
+                f"no management host configured ({PLACEHOLDER_HOST} is a placeholder)",
+                hint="run `inv config.init` or set DAP_RUNNER_SSH_HOST",
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RunnerConfig:
+        """Built-in defaults overlaid with the ``DAP_RUNNER_*`` and ``DAP_SSH_*`` variables."""
+        return cls.from_settings(resolve({}, environ=environ, profile_from_env=False))
+
+    @classmethod
+    def from_invoke_config(
+        cls,
+        config: Any,
+        *,
+        runner: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> RunnerConfig:
+        """Build from an Invoke ``Config``/``Context`` or a plain dict with the full layering.
+
+        ``runner`` names a profile (else ``DAP_RUNNER``); ``overrides`` are task flags keyed
+        by field name (``ssh_host``, ``vm_name``…) or by dotted path (``runner.vm``);
+        ``None`` values are ignored.
+        """
+        return cls.from_settings(
+            resolve(config, runner=runner, environ=environ, overrides=overrides)
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RunnerConfig:
+        """Build from the result of :func:`resolve`."""
+        return cls(**{key.field: settings.value(key.path) for key in KEYS if key.field})
+
+
+def kubectl_defaults(
+    config: Any,
+    *,
+    runner: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[str | None, str | None]:
+    """The configured ``(namespace, context)`` for kubectl: files < profile < DAP_KUBECTL_*."""
+    from dapfab.commands import validate_context, validate_namespace
+
+    settings = resolve(config, runner=runner, environ=environ)
+    namespace = _optional(settings.value("kubectl.namespace"))
+    context = _optional(settings.value("kubectl.context"))
+    return (
+        None if namespace is None else validate_namespace(namespace),
+        None if context is None else validate_context(context),
+    )
+
+
+# --------------------------------------------------------------------------- layering
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One effective value and where it came from (for ``config.show``)."""
+
+    path: str
+    value: Any
+    source: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every effective ``dap`` setting, the chosen profile and the known profile names."""
+
+    settings: tuple[Setting, ...]
+    profile: str | None
+    profiles: tuple[str, ...]
+
+    def value(self, path: str) -> Any:
+        for setting in self.settings:
+            if setting.path == path:
+                return setting.value
+        raise KeyError(path)
+
+    def source(self, path: str) -> str:
+        for setting in self.settings:
+            if setting.path == path:
+                return setting.source
+        raise KeyError(path)
+
+
+def _plain(obj: Any) -> Any:
+    """A deep plain-dict copy of a config tree (Invoke DataProxy, Mapping, or leaf)."""
+    inner = getattr(obj, "_config", None)
+    if isinstance(inner, dict):
+        return _plain(inner)
+    if isinstance(obj, Mapping):
+        return {key: _plain(obj[key]) for key in obj}
+    if hasattr(obj, "keys") and hasattr(obj, "__getitem__"):
+        return {key: _plain(obj[key]) for key in obj.keys()}
+    return copy.copy(obj)
+
+
+def _unwrap(config: Any) -> Any:
+    """An Invoke ``Context`` carries its ``Config`` in ``.config``."""
+    try:
+        from invoke.context import Context
+    except ImportError:  # pragma: no cover - invoke is a dependency
+        return config
+    return config.config if isinstance(config, Context) else config
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Deep-merge ``update`` into ``base``; sub-trees that are mappings by default stay so."""
+    for key, value in update.items():
+        if isinstance(base.get(key), dict):
+            if value is None:
+                continue
+            if not isinstance(value, Mapping):
+                raise ConfigError(
+                    f"{where}.{key} must be a mapping, not {value!r}",
+                    hint=f"fix {where}.{key} in your invoke.yaml (see `inv config.show`)",
+                )
+            base[key] = _merge(dict(base[key]), value, f"{where}.{key}")
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def _dap_tree(config: Any) -> dict[str, Any]:
+    root = _plain(_unwrap(config)) if config is not None else {}
+    if not isinstance(root, Mapping):
+        raise ConfigError(f"config is not a mapping: {type(root).__name__}")
+    dap = root.get("dap") or {}
+    if not isinstance(dap, Mapping):
+        raise ConfigError(f"dap must be a mapping, not {dap!r}", hint="fix dap: in invoke.yaml")
+    merged = _merge(copy.deepcopy(DEFAULTS), dap, "dap")
+    for section in _SECTIONS:
+        known = {key.name for key in KEYS if key.section == section}
+        _refuse_unknown(merged[section], known, f"dap.{section}")
+    return merged
+
+
+def _refuse_unknown(mapping: Mapping[str, Any], known: set[str], where: str) -> None:
+    unknown = sorted(str(key) for key in mapping if key not in known)
+    if unknown:
+        raise ConfigError(
+            f"unknown key {where}.{unknown[0]}",
+            hint=f"known keys under {where}: {', '.join(sorted(known))}",
+        )
+
+
+_FILE_LAYERS = ("system", "user", "project")
+
+
+def _layers(config: Any) -> list[tuple[str, dict[str, Any]]]:
+    """Invoke's config layers in merge order, each with a human label (empty if not Invoke)."""
+    config = _unwrap(config)
+    if not all(hasattr(config, f"_{name}") for name in ("defaults", "collection", "runtime")):
+        return []
+    layers: list[tuple[str, dict[str, Any]]] = [
+        ("default", config._defaults),
+        ("collection", config._collection),
+    ]
+    for name in _FILE_LAYERS:
+        layers.append((getattr(config, f"_{name}_path", None) or name, getattr(config, f"_{name}")))
+    layers.append(("env", config._env))
+    layers.append((getattr(config, "_runtime_path", None) or "runtime", config._runtime))
+    layers.append(("command line", config._overrides))
+    layers.append(("set in code", getattr(config, "_modifications", {})))
+    return layers
+
+
+def _lookup(tree: Any, path: tuple[str, ...]) -> tuple[bool, Any]:
+    for part in path:
+        if not isinstance(tree, Mapping) or part not in tree:
+            return False, None
+        tree = tree[part]
+    return True, tree
+
+
+def _source_of(config: Any, layers: list[tuple[str, dict[str, Any]]], path: tuple[str, ...]) -> str:
+    """Label of the highest layer that sets ``path`` (``("dap", "runner", "vm")``)."""
+    if not layers:
+        found, _ = _lookup(_plain(_unwrap(config)) if config is not None else {}, path)
+        return "config" if found else "default"
+    source = "default"
+    for label, data in layers:
+        found, value = _lookup(data, path)
+        if not found:
+            continue
+        if label == "collection":
+            default_found, default = _lookup({"dap": DEFAULTS}, path)
+            label = "default" if default_found and default == value else "tasks collection"
+        elif label == "env":
+            prefix = getattr(_unwrap(config), "_env_prefix", "INVOKE_")
+            label = "env " + prefix + "_".join(path).upper()
+        source = label
+    return source
+
+
+def resolve(
+    config: Any,
+    *,
+    runner: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    profile_from_env: bool = True,
+) -> Settings:
+    """Every effective ``dap`` setting with its source, layered as the module doc says.
+
+    ``config`` is an Invoke ``Config``/``Context``, a plain dict with a ``dap`` key, or
+    ``None``. Raises ConfigError for an unknown profile, an unknown key or a bad shape.
+    """
+    environ = os.environ if environ is None else environ
+    tree = _dap_tree(config)
+    layers = _layers(config)
+    values: dict[str, tuple[Any, str]] = {}
+    for key in KEYS:
+        values[key.path] = (
+            tree[key.section][key.name],
+            _source_of(config, layers, ("dap", key.section, key.name)),
+        )
+
+    profiles_tree = tree["runners"]
+    profiles = tuple(sorted(str(name) for name in profiles_tree))
+    profile = runner if runner not in (None, "") else None
+    if profile is None and profile_from_env:
+        profile = environ.get(PROFILE_ENV) or None
+    if profile is not None:
+        validate_name("profile", profile)
+        if profile not in profiles_tree:
+            known = ", ".join(profiles) if profiles else "none defined"
+            raise ConfigError(
+                f"unknown runner profile {profile!r}",
+                hint=f"known profiles: {known}; define it under dap.runners.{profile}",
+            )
+        for path, (value, where_in_profile) in _profile_values(
+            profile, profiles_tree[profile]
+        ).items():
+            file_source = _source_of(config, layers, ("dap", "runners", profile, *where_in_profile))
+            where = "" if file_source in ("default", "config") else f" ({file_source})"
+            values[path] = (value, f"profile {profile}{where}")
+
+    for key in KEYS:
+        value = environ.get(key.env)
+        if value:
+            values[key.path] = (value, f"env {key.env}")
+
+    for name, value in (overrides or {}).items():
+        if value is None:
+            continue
+        key = KEYS_BY_FIELD.get(name) or KEYS_BY_PATH.get(name)
+        if key is None and name == "vm":
+            key = KEYS_BY_PATH["runner.vm"]
+        if key is None:
+            raise TypeError(f"unknown override {name!r}")
+        values[key.path] = (value, f"flag {key.flag}" if key.flag else "flag")
+
+    return Settings(
+        settings=tuple(Setting(path, *values[path]) for path in KEYS_BY_PATH),
+        profile=profile,
+        profiles=profiles,
+    )
+
+
+def _profile_values(name: str, profile: Any) -> dict[str, tuple[Any, tuple[str, ...]]]:
+    """A profile flattened: dotted key path -> (value, path of the value inside the profile)."""
+    where = f"dap.runners.{name}"
+    if profile is None:
+        return {}
+    if not isinstance(profile, Mapping):
+        raise ConfigError(
+            f"{where} must be a mapping, not {profile!r}",
+            hint=f"give {where} keys such as ssh_host and vm",
+        )
+    runner_keys = {key.name for key in KEYS if key.section == "runner"}
+    _refuse_unknown(profile, runner_keys | {"ssh", "kubectl"}, where)
+    values: dict[str, tuple[Any, tuple[str, ...]]] = {}
+    for key, value in profile.items():
+        if key in ("ssh", "kubectl"):
+            if value is None:
+                continue
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}.{key} must be a mapping, not {value!r}")
+            _refuse_unknown(value, {k.name for k in KEYS if k.section == key}, f"{where}.{key}")
+            for sub, subvalue in value.items():
+                values[f"{key}.{sub}"] = (subvalue, (key, sub))
+        else:
+            values[f"runner.{key}"] = (value, (key,))
+    return values

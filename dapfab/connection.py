@@ -1,0 +1,369 @@
+"""The one connection factory: SSH to the management host (through a gateway), shared per config.
+
+Fabric parses host strings and ssh_config (``ProxyJump`` included); dapfab adds what it lacks:
+host-key checking on every hop, connect timeouts on the gateway hop, ``TCP_NODELAY``, a
+keepalive that wants replies (so a dead peer is noticed), and a pool that opens another
+connection when one already carries ``MAX_SESSIONS`` channels.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from dapfab.errors import ConfigError, DapError, HostKeyError, SSHError
+
+if TYPE_CHECKING:
+    from dapfab.config import RunnerConfig
+
+log = logging.getLogger("dapfab.connection")
+
+MAX_SESSIONS = 10  # OpenSSH's default MaxSessions
+KEEPALIVE_INTERVAL = 5.0
+KEEPALIVE_COUNT = 3  # unanswered intervals before the peer is declared dead
+
+
+class Keepalive(threading.Thread):
+    """Sends ``keepalive@openssh.com`` requests that want a reply; closes a silent transport."""
+
+    def __init__(self, transport: Any, label: str, on_dead: Any) -> None:
+        super().__init__(name=f"dapfab-keepalive-{label}", daemon=True)
+        self.transport = transport
+        self.label = label
+        self.on_dead = on_dead
+        self.stopped = threading.Event()
+
+    def _ask(self, answered: threading.Event) -> None:
+        try:
+            self.transport.global_request("keepalive@openssh.com", wait=True)
+        finally:
+            answered.set()
+
+    def run(self) -> None:
+        while not self.stopped.wait(KEEPALIVE_INTERVAL) and self.transport.is_active():
+            answered = threading.Event()
+            threading.Thread(target=self._ask, args=(answered,), daemon=True).start()
+            if not answered.wait(KEEPALIVE_INTERVAL * KEEPALIVE_COUNT):
+                silent = KEEPALIVE_INTERVAL * (KEEPALIVE_COUNT + 1)
+                self.on_dead(f"{self.label} stopped answering keepalives for {silent:.0f} s")
+                self.transport.close()
+                return
+
+
+def _set_nodelay(transport: Any) -> None:
+    sock = getattr(transport, "sock", None)
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _connect_error(exc: BaseException, label: str, target: str, timeout: float) -> DapError:
+    """Map what paramiko or the OS raised while connecting to one hop to a DapError."""
+    import paramiko
+
+    hop = f"ssh {label}"
+    if isinstance(exc, DapError):
+        return exc
+    if isinstance(exc, paramiko.BadHostKeyException):
+        from dapfab.hostkeys import fingerprint
+
+        return HostKeyError(
+            f"host key of {exc.hostname} has CHANGED: now {exc.key.get_name()} "
+            f"{fingerprint(exc.key)}",
+            hop=hop,
+            hint=f"if the change is expected, remove the old key with ssh-keygen -R "
+            f"'{exc.hostname}' and verify the new one",
+        )
+    if isinstance(exc, paramiko.AuthenticationException):
+        return SSHError(
+            f"authentication to {target} failed ({exc})",
+            hop=hop,
+            hint="check dap.runner.ssh_key, your ssh-agent, and the user's authorized_keys",
+        )
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return SSHError(
+            f"no answer from {target} within {timeout:g} s",
+            hop=hop,
+            hint="check that the host is up and reachable, or raise dap.ssh.connect_timeout",
+        )
+    if isinstance(exc, (ConnectionRefusedError, paramiko.ssh_exception.NoValidConnectionsError)):
+        return SSHError(
+            f"connection to {target} refused",
+            hop=hop,
+            hint="check the host and port, and that sshd runs there",
+        )
+    if isinstance(exc, socket.gaierror):
+        return SSHError(
+            f"cannot resolve {target} ({exc.strerror})",
+            hop=hop,
+            hint="check the host name in dap.runner.ssh_host / dap.runner.gateway",
+        )
+    if isinstance(exc, paramiko.ChannelException):
+        return SSHError(
+            f"the gateway could not open a connection to {target} ({exc.text})",
+            hop=hop,
+            hint="check that the management host is up and reachable from the gateway",
+        )
+    if isinstance(exc, OSError):
+        return SSHError(
+            f"cannot connect to {target} ({exc.strerror or exc})",
+            hop=hop,
+            hint="check the network path to the host",
+        )
+    return SSHError(f"SSH to {target} failed ({exc})", hop=hop, hint="check the host and sshd")
+
+
+def check_key_file(config: RunnerConfig) -> str | None:
+    """The key file to offer, or None to rely on the agent and ssh_config; exit 2 if unusable."""
+    from dapfab.config import default_ssh_key
+
+    path = config.ssh_key
+    default = default_ssh_key()
+    if not os.path.exists(path):
+        if path == default:
+            return None
+        raise ConfigError(
+            f"SSH key {path} does not exist",
+            hint="fix dap.runner.ssh_key / DAP_RUNNER_SSH_KEY or run `inv config.init`",
+        )
+    if os.path.isdir(path) or not os.access(path, os.R_OK):
+        raise ConfigError(
+            f"SSH key {path} is not a readable file",
+            hint="point dap.runner.ssh_key at a private key file you can read",
+        )
+    try:
+        with open(path, "rb") as key_file:
+            head = key_file.read(1 << 16)
+    except OSError as exc:
+        raise ConfigError(
+            f"SSH key {path} cannot be read ({exc.strerror})",
+            hint="fix its permissions or point dap.runner.ssh_key elsewhere",
+        ) from None
+    if _is_encrypted(path, head) and not os.environ.get("SSH_AUTH_SOCK"):
+        raise ConfigError(
+            f"SSH key {path} is encrypted and no ssh-agent is running",
+            hint="start ssh-agent and ssh-add the key, or use an unencrypted key",
+        )
+    return path
+
+
+def _is_encrypted(path: str, head: bytes) -> bool:
+    import paramiko
+
+    if b"ENCRYPTED" in head:
+        return True
+    for kind in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+        try:
+            kind.from_private_key_file(path)
+            return False
+        except paramiko.PasswordRequiredException:
+            return True
+        except (paramiko.SSHException, ValueError):
+            continue
+    return False
+
+
+class Link:
+    """One SSH connection to the management host, with the gateway hops it needs."""
+
+    def __init__(self, config: RunnerConfig) -> None:
+        self.config = config
+        self.sessions = 0
+        self.dead_reason: str | None = None
+        self._keepalives: list[Keepalive] = []
+        self._connections: list[Any] = []
+        self.transport: Any = None
+        self._open_lock = threading.Lock()
+
+    def ensure_open(self) -> None:
+        """Open the connection unless it is open; concurrent callers wait for the first."""
+        with self._open_lock:
+            if self.transport is None:
+                self.open()
+
+    def _mark_dead(self, reason: str) -> None:
+        self.dead_reason = self.dead_reason or reason
+
+    def open(self) -> None:
+        """Connect every hop, gateway first, checking host keys; raise DapError on failure."""
+        from fabric import Connection
+
+        from dapfab.hostkeys import enforce, hash_known_hosts_wanted
+
+        config = self.config
+        timeout = float(config.connect_timeout)
+        key = check_key_file(config)
+        connect_kwargs: dict[str, Any] = {
+            "banner_timeout": timeout,
+            "auth_timeout": timeout,
+            "channel_timeout": timeout,
+        }
+        if key:
+            connect_kwargs["key_filename"] = [key]
+        gateway = None
+        if config.gateway:
+            gateway = Connection(
+                config.gateway, connect_timeout=timeout, connect_kwargs=dict(connect_kwargs)
+            )
+        target = Connection(
+            config.ssh_host,
+            gateway=gateway,
+            connect_timeout=timeout,
+            connect_kwargs=dict(connect_kwargs),
+        )
+        # The hops, outermost (first contacted) first.
+        chain = [target]
+        while isinstance(chain[-1].gateway, Connection):
+            chain.append(chain[-1].gateway)
+        chain.reverse()
+        if isinstance(chain[0].gateway, str):
+            raise ConfigError(
+                "ssh_config ProxyCommand gateways are not supported",
+                hint="use ProxyJump or dap.runner.gateway",
+            )
+        sock = None
+        for index, hop in enumerate(chain):
+            label = "management host" if hop is target else "gateway"
+            name = f"{hop.user}@{hop.host}:{hop.port}"
+            enforce(
+                hop.client,
+                label=f"{label} {hop.host}",
+                known_hosts=config.known_hosts,
+                policy=config.host_key_policy,
+                hashed=hash_known_hosts_wanted(hop.ssh_config),
+            )
+            hop.gateway = None
+            if sock is not None:
+                hop.connect_kwargs["sock"] = sock
+            try:
+                hop.open()
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt):
+                    self.close()
+                    raise
+                self.close()
+                raise _connect_error(exc, f"{label} {hop.host}", name, timeout) from None
+            self._connections.append(hop)
+            _set_nodelay(hop.transport)
+            keepalive = Keepalive(hop.transport, f"{label} {hop.host}", self._mark_dead)
+            keepalive.start()
+            self._keepalives.append(keepalive)
+            if index + 1 < len(chain):
+                nxt = chain[index + 1]
+                try:
+                    sock = hop.transport.open_channel(
+                        "direct-tcpip", (nxt.host, int(nxt.port)), ("", 0), timeout=timeout
+                    )
+                except BaseException as exc:
+                    self.close()
+                    if isinstance(exc, KeyboardInterrupt):
+                        raise
+                    nxt_name = f"management host {nxt.host}" if nxt is target else "gateway"
+                    raise _connect_error(
+                        exc, nxt_name, f"{nxt.host}:{nxt.port}", timeout
+                    ) from None
+        self.transport = target.transport
+        log.debug("connected to %s through %d hop(s)", config.ssh_host, len(chain))
+
+    def open_session(self) -> Any:
+        """A new session channel on this connection."""
+        try:
+            channel = self.transport.open_session(timeout=float(self.config.connect_timeout))
+        except Exception as exc:
+            raise self.lost_error(f"could not open a session ({exc})") from None
+        return channel
+
+    @property
+    def alive(self) -> bool:
+        """Whether every hop of this connection is still up."""
+        return all(c.transport is not None and c.transport.is_active() for c in self._connections)
+
+    def lost_error(self, what: str = "the connection was lost") -> SSHError:
+        """The error to raise when this connection breaks under a running command."""
+        reason = self.dead_reason or what
+        return SSHError(
+            reason,
+            hop=f"ssh {self.config.ssh_host}",
+            hint="check the network path to the gateway and the management host",
+        )
+
+    def close(self) -> None:
+        """Close every hop, innermost first."""
+        for keepalive in self._keepalives:
+            keepalive.stopped.set()
+        for connection in reversed(self._connections):
+            try:
+                connection.close()
+            except Exception:  # closing a broken connection may raise; nothing to do then
+                pass
+        self._connections.clear()
+
+
+class Pool:
+    """Connections shared by every call in the process, keyed by :class:`RunnerConfig`."""
+
+    def __init__(self) -> None:
+        self._links: dict[Any, list[Link]] = {}
+        self._lock = threading.Lock()
+        self.opened = 0
+
+    def _link_with_room(self, config: RunnerConfig) -> Link:
+        with self._lock:
+            links = self._links.setdefault(config, [])
+            for link in list(links):
+                if not link.alive:
+                    links.remove(link)
+                    link.close()
+            for link in links:
+                if link.sessions < MAX_SESSIONS:
+                    link.sessions += 1
+                    return link
+            link = Link(config)
+            link.sessions = 1
+            links.append(link)
+            self.opened += 1
+        return link
+
+    @contextmanager
+    def session(self, config: RunnerConfig) -> Iterator[tuple[Link, Any]]:
+        """A session channel to the management host; closed and given back on exit."""
+        if config.is_placeholder:
+            raise ConfigError(
+                f"no management host configured (dap.runner.ssh_host is the placeholder "
+                f"{config.ssh_host})",
+                hint="run `inv config.init` or set DAP_RUNNER_SSH_HOST",
+            )
+        link = self._link_with_room(config)
+        channel = None
+        try:
+            try:
+                link.ensure_open()
+            except BaseException:
+                with self._lock:
+                    if link in self._links.get(config, []):
+                        self._links[config].remove(link)
+                raise
+            channel = link.open_session()
+            yield link, channel
+        finally:
+            if channel is not None:
+                channel.close()
+            with self._lock:
+                link.sessions -= 1
+
+    def close_all(self) -> None:
+        """Close every connection (registered at exit)."""
+        with self._lock:
+            links = [link for group in self._links.values() for link in group]
+            self._links.clear()
+        for link in links:
+            link.close()
+
+
+POOL = Pool()
+atexit.register(POOL.close_all)

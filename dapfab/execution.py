@@ -1,0 +1,426 @@
+"""Running shell code and kubectl in the runner VM: :func:`run_in_runner`, :func:`kubectl_in_runner`.
+
+Every command is a :class:`RemoteProcess`: one SSH session channel on a pooled connection,
+running the remote launcher (:mod:`dapfab.launcher`). Output streams as it arrives in large
+chunks and is captured (linearly) only where ``hide`` keeps it off the terminal; stdin is
+sent in large frames; a heartbeat keeps the remote side alive while the caller is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any
+
+from dapfab import launcher
+from dapfab.errors import CommandError, DapError, DapTimeout
+
+if TYPE_CHECKING:
+    from dapfab.config import RunnerConfig
+
+log = logging.getLogger("dapfab.execution")
+
+READ_SIZE = 1 << 18
+QUIT_GRACE = 10.0  # seconds to wait for the remote tree to be gone after `q`
+
+Sink = Callable[[bytes], None]
+
+
+@dataclass
+class Result:
+    """What a finished remote command left: exit code and the output that was captured."""
+
+    command: str
+    exited: int
+    stdout_bytes: bytes = b""
+    stderr_bytes: bytes = b""
+
+    @property
+    def stdout(self) -> str:
+        """Captured stdout, decoded as UTF-8 (undecodable bytes replaced)."""
+        return self.stdout_bytes.decode("utf-8", "replace")
+
+    @property
+    def stderr(self) -> str:
+        """Captured stderr, decoded as UTF-8 (undecodable bytes replaced)."""
+        return self.stderr_bytes.decode("utf-8", "replace")
+
+    @property
+    def return_code(self) -> int:
+        """Alias of :attr:`exited`, as in Invoke."""
+        return self.exited
+
+    @property
+    def ok(self) -> bool:
+        """Whether the command exited 0."""
+        return self.exited == 0
+
+    @property
+    def failed(self) -> bool:
+        """Whether the command exited non-zero."""
+        return not self.ok
+
+
+class _Heartbeats(threading.Thread):
+    """One thread per process that tells every running remote launcher the caller is alive."""
+
+    def __init__(self) -> None:
+        super().__init__(name="dapfab-heartbeat", daemon=True)
+        self.processes: set[RemoteProcess] = set()
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        while True:
+            time.sleep(launcher.HEARTBEAT_INTERVAL)
+            with self.lock:
+                processes = list(self.processes)
+            for process in processes:
+                process.heartbeat()
+
+
+_HEARTBEATS: _Heartbeats | None = None
+_HEARTBEATS_LOCK = threading.Lock()
+
+
+def _heartbeats() -> _Heartbeats:
+    global _HEARTBEATS
+    with _HEARTBEATS_LOCK:
+        if _HEARTBEATS is None:
+            _HEARTBEATS = _Heartbeats()
+            _HEARTBEATS.start()
+        return _HEARTBEATS
+
+
+def _read_chunk(stream: Any) -> bytes:
+    """Up to one frame from ``stream``, returning as soon as anything is available."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    if fd is not None:
+        return os.read(fd, launcher.MAX_FRAME)
+    read1 = getattr(stream, "read1", None)
+    data = read1(launcher.MAX_FRAME) if read1 else stream.read(launcher.MAX_FRAME)
+    return data.encode() if isinstance(data, str) else data
+
+
+class RemoteProcess:
+    """One command running in the VM through the launcher; the building block of every call.
+
+    Use as a context manager: on exit, however it exits, the remote process tree is killed
+    (if still running) and gone before ``__exit__`` returns.
+    """
+
+    def __init__(
+        self,
+        config: RunnerConfig,
+        command: str,
+        *,
+        on_stdout: Sink,
+        on_stderr: Sink,
+        in_stream: Any = None,
+    ) -> None:
+        self.config = config
+        self.command = command
+        self.on_stdout = on_stdout
+        self.on_stderr = on_stderr
+        self.in_stream = in_stream
+        self.started = threading.Event()
+        self._send_lock = threading.Lock()
+        self._early_stderr = bytearray()
+        self._threads: list[threading.Thread] = []
+        self._session: Any = None
+        self.link: Any = None
+        self.channel: Any = None
+        self.finished = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> RemoteProcess:
+        """Open a channel, start the launcher and send it the command."""
+        from dapfab.connection import POOL
+
+        self._session = POOL.session(self.config)
+        self.link, self.channel = self._session.__enter__()
+        try:
+            cfg = self.config
+            self.channel.exec_command(launcher.launch_command(cfg.incus, cfg.vm_name, cfg.project))
+            self._send(launcher.command_frame(self.command))
+            if self.in_stream is None:
+                self._send(launcher.EOF_FRAME)
+            for target in (self._pump_stdout, self._pump_stderr) + (
+                (self._pump_stdin,) if self.in_stream is not None else ()
+            ):
+                thread = threading.Thread(target=target, daemon=True, name=target.__name__)
+                thread.start()
+                self._threads.append(thread)
+            hb = _heartbeats()
+            with hb.lock:
+                hb.processes.add(self)
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    def __enter__(self) -> RemoteProcess:
+        return self.start() if self.channel is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _send(self, data: bytes) -> None:
+        with self._send_lock:
+            self.channel.sendall(data)
+
+    def heartbeat(self) -> None:
+        """Tell the launcher the caller is alive, unless the channel is busy with data."""
+        if self.finished or not self._send_lock.acquire(blocking=False):
+            return
+        try:
+            if self.channel.send_ready():
+                self.channel.sendall(launcher.HEARTBEAT_FRAME)
+        except Exception:  # the channel is going away; the reader notices
+            pass
+        finally:
+            self._send_lock.release()
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` to the command's stdin (only when no ``in_stream`` was given)."""
+        for start in range(0, len(data), launcher.MAX_FRAME):
+            self._send(launcher.data_frame(data[start : start + launcher.MAX_FRAME]))
+
+    def close_stdin(self) -> None:
+        """End the command's stdin."""
+        self._send(launcher.EOF_FRAME)
+
+    # -- pumps -------------------------------------------------------------------------
+    def _pump_stdout(self) -> None:
+        marker = launcher.STARTED
+        head = b""
+        while True:
+            data = self.channel.recv(READ_SIZE)
+            if not data:
+                break
+            if not self.started.is_set():
+                head += data
+                if len(head) < len(marker):
+                    continue
+                if not head.startswith(marker):  # cannot happen with a sane launcher
+                    self.started.set()
+                    self.on_stdout(head)
+                    continue
+                self.started.set()
+                data, head = head[len(marker) :], b""
+                if not data:
+                    continue
+            self.on_stdout(data)
+
+    def _pump_stderr(self) -> None:
+        while True:
+            data = self.channel.recv_stderr(READ_SIZE)
+            if not data:
+                break
+            if not self.started.is_set():
+                # Until the launcher has started, stderr may be the runner hop's own error.
+                self._early_stderr += data
+                if not self.started.wait(0.05):
+                    continue
+                data, self._early_stderr = bytes(self._early_stderr), bytearray()
+            self.on_stderr(data)
+
+    def _pump_stdin(self) -> None:
+        try:
+            while True:
+                chunk = _read_chunk(self.in_stream)
+                if not chunk:
+                    break
+                self._send(launcher.data_frame(chunk))
+            self._send(launcher.EOF_FRAME)
+        except Exception as exc:  # channel closed under us: the command is ending anyway
+            log.debug("stdin pump stopped: %s", exc)
+
+    # -- completion --------------------------------------------------------------------
+    def poll(self) -> int | None:
+        """The exit code if the command has finished, else None."""
+        if self.channel.exit_status_ready():
+            return self.channel.recv_exit_status()
+        return None
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the command; its exit code, or a DapError for a broken hop."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.channel.status_event.wait(0.1):
+            if not self.link.transport.is_active() or (
+                self.channel.closed and not self.channel.exit_status_ready()
+            ):
+                raise self.link.lost_error()
+            if deadline is not None and time.monotonic() > deadline:
+                raise DapTimeout(
+                    f"command still running after {timeout:g} s; stopped it",
+                    hop="runner",
+                    hint="raise the timeout",
+                )
+        for thread in self._threads[:2]:
+            thread.join(5.0)
+        code = self.channel.recv_exit_status()
+        if not self.started.is_set():
+            cfg = self.config
+            if code == -1:
+                raise self.link.lost_error()
+            raise launcher.runner_failure(
+                code, bytes(self._early_stderr), incus=cfg.incus, vm_name=cfg.vm_name
+            )
+        if self._early_stderr:
+            self.on_stderr(bytes(self._early_stderr))
+            self._early_stderr.clear()
+        self.finished = True
+        return code
+
+    def stop(self) -> None:
+        """Kill the remote process tree and wait (bounded) until the launcher has exited."""
+        if self.finished or self.channel is None or self.channel.closed:
+            return
+        try:
+            with self._send_lock:
+                self.channel.sendall(launcher.QUIT_FRAME)
+            self.channel.status_event.wait(QUIT_GRACE)
+        except Exception as exc:
+            log.debug("stop: %s", exc)
+
+    def close(self) -> None:
+        """Stop the command if it still runs and give the channel back."""
+        try:
+            self.stop()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        self.finished = True
+        hb = _HEARTBEATS
+        if hb is not None:
+            with hb.lock:
+                hb.processes.discard(self)
+        if self._session is not None:
+            session, self._session = self._session, None
+            session.__exit__(None, None, None)
+
+
+def _hidden(hide: Any) -> tuple[bool, bool]:
+    """Invoke's ``hide`` vocabulary: (hide stdout, hide stderr)."""
+    if hide in (None, False):
+        return False, False
+    if hide in (True, "both"):
+        return True, True
+    if hide in ("out", "stdout"):
+        return True, False
+    if hide in ("err", "stderr"):
+        return False, True
+    raise ValueError(f"hide must be None, True, 'out', 'err' or 'both', not {hide!r}")
+
+
+def _terminal_sink(stream: IO[Any]) -> Sink:
+    binary = getattr(stream, "buffer", stream)
+
+    def write(data: bytes) -> None:
+        binary.write(data)
+        binary.flush()
+
+    return write
+
+
+def _default_in_stream(in_stream: Any) -> Any:
+    if in_stream is False:
+        return None
+    if in_stream is not None:
+        return in_stream
+    stdin = sys.stdin
+    if stdin is None or stdin.closed:
+        return None
+    try:
+        return None if os.isatty(stdin.fileno()) else stdin
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def run_in_runner(
+    config: RunnerConfig,
+    command: str,
+    *,
+    hide: Any = None,
+    warn: bool = False,
+    in_stream: Any = None,
+    timeout: float | None = None,
+    echo: bool = False,
+    dry: bool = False,
+    pty: bool = False,
+    out_stream: IO[Any] | None = None,
+    err_stream: IO[Any] | None = None,
+) -> Result:
+    """Run shell code in the runner VM (``bash -lc``) and return its :class:`Result`.
+
+    Output that ``hide`` keeps off the terminal is captured as bytes; shown output streams
+    and is not kept. ``in_stream``: a file-like object for the command's stdin (default: the
+    process's stdin unless it is a terminal; ``False`` for none). A non-zero exit raises
+    :class:`~dapfab.errors.CommandError` unless ``warn``. ``dry`` prints the reference
+    command instead of running it.
+    """
+    from dapfab.commands import incus_command
+
+    reference = incus_command(config, command, pty=pty)
+    if echo or dry:
+        print(reference, file=sys.stdout if dry else sys.stderr, flush=True)
+    if dry:
+        return Result(command=command, exited=0)
+    if pty:
+        from dapfab.terminal import run_with_pty
+
+        return run_with_pty(config, command, warn=warn)
+    hide_out, hide_err = _hidden(hide)
+    captured: dict[str, list[bytes]] = {"out": [], "err": []}
+    on_stdout = captured["out"].append if hide_out else _terminal_sink(out_stream or sys.stdout)
+    on_stderr = captured["err"].append if hide_err else _terminal_sink(err_stream or sys.stderr)
+    process = RemoteProcess(
+        config,
+        command,
+        on_stdout=on_stdout,
+        on_stderr=on_stderr,
+        in_stream=_default_in_stream(in_stream),
+    )
+    with process:
+        try:
+            code = process.wait(timeout)
+        except DapTimeout:
+            process.stop()
+            raise
+    result = Result(command, code, b"".join(captured["out"]), b"".join(captured["err"]))
+    if code != 0 and not warn:
+        raise CommandError(f"command exited with {code}", exit_code=code, result=result)
+    return result
+
+
+def kubectl_in_runner(
+    config: RunnerConfig,
+    args: Sequence[str],
+    *,
+    namespace: str | None = None,
+    context: str | None = None,
+    **opts: Any,
+) -> Result:
+    """Run ``kubectl`` in the runner with ``args`` exactly as given (see :func:`run_in_runner`)."""
+    from dapfab.commands import kubectl_command
+
+    if isinstance(args, str):
+        raise TypeError("args must be a sequence of strings, not one string")
+    code = kubectl_command(list(args), namespace=namespace, context=context)
+    try:
+        return run_in_runner(config, code, **opts)
+    except CommandError as err:
+        err.hop = "kubectl"
+        raise
+
+
+__all__ = ["DapError", "RemoteProcess", "Result", "kubectl_in_runner", "run_in_runner"]

@@ -1,0 +1,99 @@
+"""Host-key checking for every SSH hop, against the user's ``known_hosts``.
+
+Fabric builds its clients (ProxyJump hops included) with paramiko's ``AutoAddPolicy`` and
+never loads ``known_hosts``; :func:`enforce` replaces that on a client. ``reject`` refuses
+unknown keys, ``accept-new`` appends them (under a lock, never rewriting the file), and a
+changed key is always refused (paramiko raises ``BadHostKeyException`` before any policy).
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import hmac
+import os
+from typing import Any
+
+from dapfab.errors import HostKeyError
+
+
+def fingerprint(key: Any) -> str:
+    """OpenSSH's ``SHA256:...`` fingerprint of a paramiko public key."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def known_hosts_name(hostname: str, port: int) -> str:
+    """The name OpenSSH stores: ``host`` on port 22, ``[host]:port`` elsewhere."""
+    return hostname if port == 22 else f"[{hostname}]:{port}"
+
+
+def _hashed(name: str) -> str:
+    salt = os.urandom(20)
+    mac = hmac.new(salt, name.encode(), hashlib.sha1).digest()
+    return f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(mac).decode()}"
+
+
+def append_known_host(path: str, name: str, key: Any, *, hashed: bool = False) -> None:
+    """Append one OpenSSH-format line for ``key`` to ``path`` under an exclusive lock."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    entry = _hashed(name) if hashed else name
+    line = f"{entry} {key.get_name()} {key.get_base64()}\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        # Keep the file line-terminated even if its last line lacks a newline.
+        if os.fstat(fd).st_size:
+            with open(path, "rb") as existing:
+                existing.seek(-1, os.SEEK_END)
+                if existing.read(1) != b"\n":
+                    line = "\n" + line
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def unknown_host_error(label: str, name: str, key: Any, known_hosts: str) -> HostKeyError:
+    """The error for a key that ``known_hosts`` does not list."""
+    host, _, port = name.strip("[").partition("]:")
+    scan = f"ssh-keyscan {'-p ' + port + ' ' if port else ''}-t {key.get_name()} {host}"
+    return HostKeyError(
+        f"host key of {name} is unknown: {key.get_name()} {fingerprint(key)}",
+        hop=f"ssh {label}",
+        hint=f"verify that fingerprint, then add it: {scan} >> {known_hosts}; "
+        "or set dap.ssh.host_key_policy: accept-new",
+    )
+
+
+def changed_host_error(label: str, name: str, key: Any, known_hosts: str) -> HostKeyError:
+    """The error for a key that differs from the one ``known_hosts`` lists."""
+    return HostKeyError(
+        f"host key of {name} has CHANGED: now {key.get_name()} {fingerprint(key)}",
+        hop=f"ssh {label}",
+        hint=f"if the change is expected, remove the old key with "
+        f"ssh-keygen -R '{name}' -f {known_hosts} and verify the new one",
+    )
+
+
+def hash_known_hosts_wanted(ssh_config: Any) -> bool:
+    """Whether the user's ssh_config says ``HashKnownHosts yes`` for this host."""
+    try:
+        return str(ssh_config.get("hashknownhosts", "no")).lower() == "yes"
+    except AttributeError:
+        return False
+
+
+def enforce(client: Any, *, label: str, known_hosts: str, policy: str, hashed: bool) -> None:
+    """Make a paramiko ``SSHClient`` check host keys as DESIGN §6 says."""
+    import paramiko
+
+    class _Policy(paramiko.MissingHostKeyPolicy):
+        def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+            if policy != "accept-new":
+                raise unknown_host_error(label, hostname, key, known_hosts)
+            append_known_host(known_hosts, hostname, key, hashed=hashed)
+
+    if os.path.isfile(known_hosts):
+        client.load_system_host_keys(known_hosts)
+    client.set_missing_host_key_policy(_Policy())

@@ -1,0 +1,127 @@
+"""The remote launcher: the one place that knows how a command is laid out on the far side.
+
+Every command dapfab runs in the VM goes through the same fixed program, started as::
+
+    incus [--project P] exec VM -- unshare --pid --mount-proc --fork --kill-child -- bash -c BOOT dapfab
+
+Only that line appears on the management host's process list; the user's command travels on
+the channel's stdin, framed, and so does the user's stdin data:
+
+    dapfab1 <n>\\n<n bytes of shell code>          once, first
+    d <n>\\n<n bytes>                              stdin data for the command
+    e\\n                                           end of the command's stdin
+    h\\n                                           heartbeat: the caller is alive
+    q\\n                                           the caller is done: kill everything now
+
+BOOT is PID 1 of a fresh PID namespace. It prints :data:`STARTED` on stdout (so the laptop
+can tell "the runner hop worked" from the command's own exit code), then runs the code with
+``bash -lc`` and feeds it the data frames. When no frame arrives for
+:data:`HEARTBEAT_TIMEOUT` seconds (frozen laptop, dropped link), when stdin ends (channel
+closed) or on ``q``, every process in the namespace is killed. ``--kill-child`` ties the
+namespace to ``unshare``: when the exec server SIGKILLs the top process, the tree goes too.
+"""
+
+from __future__ import annotations
+
+from dapfab.errors import RunnerError
+from dapfab.quoting import join
+
+MAGIC = b"dapfab1"
+STARTED = b"\x00dapfab-started\n"
+HEARTBEAT_INTERVAL = 2.0
+HEARTBEAT_TIMEOUT = 10
+# Frames of stdin data are at most this large: one `head -c` in the VM per frame.
+MAX_FRAME = 1 << 20
+
+# Kept free of single quotes and of anything user-supplied: it is quoted once for the
+# management host's shell and passed as one argv word through `incus exec`.
+BOOT = r"""
+IFS=' ' read -r magic n || exit 125
+[ "$magic" = dapfab1 ] || exit 125
+cmd=$(head -c "$n"; printf .) || exit 125
+cmd=${cmd%.}
+exec 3<&0 </dev/null
+feed() {
+  while IFS=' ' read -r -t __TIMEOUT__ kind n <&3; do
+    case $kind in
+      d) head -c "$n" <&3 || break ;;
+      e) exec >&- ;;
+      h) ;;
+      *) break ;;
+    esac
+  done
+  kill -KILL -1 2>/dev/null
+}
+printf '\0dapfab-started\n'
+bash -lc "$cmd" < <(feed) &
+wait $! 2>/dev/null
+""".replace("__TIMEOUT__", str(HEARTBEAT_TIMEOUT)).strip()
+
+
+def vm_argv(pty: bool = False) -> list[str]:
+    """The argv that ``incus exec`` runs in the VM for every dapfab command."""
+    return ["unshare", "--pid", "--mount-proc", "--fork", "--kill-child", "--", "bash", "-c", BOOT, "dapfab"]
+
+
+def launch_command(incus: str, vm_name: str, project: str | None, *, pty: bool = False) -> str:
+    """The command line sent to the management host: the incus invocation and nothing else."""
+    words = [incus]
+    if project:
+        words += ["--project", project]
+    words += ["exec", vm_name]
+    if pty:
+        words.append("-t")
+    words.append("--")
+    return join(words) + " " + join(vm_argv(pty))
+
+
+def command_frame(code: str) -> bytes:
+    """The first frame: the shell code the VM runs with ``bash -lc``."""
+    data = code.encode("utf-8", "surrogateescape")
+    return MAGIC + b" %d\n" % len(data) + data
+
+
+def data_frame(chunk: bytes) -> bytes:
+    """One frame of stdin data for the command."""
+    return b"d %d\n" % len(chunk) + chunk
+
+
+def runner_failure(exit_code: int, stderr: bytes, *, incus: str, vm_name: str) -> RunnerError:
+    """The error for a launch that never printed :data:`STARTED`: the runner hop broke.
+
+    The incus client reports a missing or stopped VM with exit 1 and an ``Error:`` line
+    whose wording differs between Incus and LXD, so only stable fragments are matched.
+    """
+    text = stderr.decode("utf-8", "replace").strip()
+    errors = [line[6:].strip() for line in text.splitlines() if line.startswith("Error:")]
+    detail = errors[-1] if errors else (text.splitlines()[-1] if text else f"exit {exit_code}")
+    lowered = text.lower()
+    if not errors and exit_code == 127 and incus in text:
+        return RunnerError(
+            f"`{incus}` is not installed on the management host ({detail})",
+            hint="install incus there, or set dap.runner.incus (e.g. `lxc` for LXD)",
+        )
+    if "not found" in lowered and errors:
+        return RunnerError(
+            f"VM {vm_name} not found ({detail})",
+            hint=f"check dap.runner.vm / dap.runner.project; `{incus} list` shows the instances",
+        )
+    if "not running" in lowered:
+        return RunnerError(
+            f"VM {vm_name} is not running ({detail})",
+            hint=f"start it: {incus} start {vm_name}",
+        )
+    if exit_code == 127:
+        return RunnerError(
+            f"the launcher could not start in VM {vm_name} ({detail})",
+            hint="the VM needs bash and util-linux (unshare); `inv config.doctor` checks it",
+        )
+    return RunnerError(
+        f"`{incus} exec {vm_name}` failed with exit {exit_code} ({detail})",
+        hint="run `inv config.doctor` to test every hop",
+    )
+
+
+EOF_FRAME = b"e\n"
+HEARTBEAT_FRAME = b"h\n"
+QUIT_FRAME = b"q\n"

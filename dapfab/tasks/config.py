@@ -1,0 +1,225 @@
+"""``config.*`` tasks: write the ``dap:`` section of an invoke.yaml, and show the effective config.
+
+``config.doctor`` (testing every hop) belongs here too; another change adds it to ``ns``.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from invoke import Collection, Context, task
+from invoke.exceptions import Exit
+
+from dapfab.config import (
+    DEFAULTS,
+    KEYS_BY_PATH,
+    PLACEHOLDER_HOST,
+    RunnerConfig,
+    Settings,
+    expand_path,
+    kubectl_defaults,
+    resolve,
+)
+from dapfab.configfile import export_lines, write_dap_section
+from dapfab.errors import ConfigError, DapError, render
+
+# The keys config.init writes: (dotted path under dap, task parameter, prompt).
+INIT_KEYS = (
+    ("runner.ssh_host", "ssh_host", "management host (user@host[:port] or ssh_config alias)"),
+    ("runner.ssh_key", "ssh_key", "private key file"),
+    ("runner.vm", "vm", "runner VM name (incus instance)"),
+    ("runner.gateway", "gateway", "bastion host (user@host[:port]; empty for none)"),
+)
+
+
+def _reported(body: Callable[..., Any]) -> Callable[..., Any]:
+    """Render a DapError as dapfab's one line on stderr and exit with its code."""
+
+    @functools.wraps(body)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return body(*args, **kwargs)
+        except DapError as error:
+            print(render(error), file=sys.stderr, flush=True)
+            raise Exit(code=error.exit_code) from None
+
+    return wrapper
+
+
+def _config_basename(c: Context) -> str:
+    return c.config.file_prefix or c.config.prefix or "invoke"
+
+
+def _yaml_file(found: str | None, fallback: Path, where: str) -> Path:
+    """The file Invoke loaded for a layer if it is YAML, else ``fallback``; refuse JSON/.py.
+
+    (Invoke 2.2 records a missing ``invoke.py`` as found, hence the existence check.)
+    """
+    if not found or not os.path.exists(found):
+        return fallback
+    found_path = Path(found)
+    if found_path.suffix in (".yaml", ".yml"):
+        return found_path
+    raise ConfigError(
+        f"the {where} config is {found_path}, which dapfab cannot edit (YAML only)",
+        hint="add the dap: section to it by hand, or write another file with --path",
+    )
+
+
+def init_target(c: Context, path: str | None = None, user: bool = False) -> Path:
+    """Where ``config.init`` writes: ``--path``, ``--user``, else the project's invoke.yaml."""
+    if path and user:
+        raise ConfigError("--path and --user conflict", hint="give only one of them")
+    name = _config_basename(c)
+    if path:
+        return Path(expand_path(path))
+    if user:
+        prefix = getattr(c.config, "_user_prefix", None) or "~/."
+        fallback = Path(expand_path(f"{prefix}{name}.yaml"))
+        return _yaml_file(getattr(c.config, "_user_path", None), fallback, "user")
+    prefix = getattr(c.config, "_project_prefix", None)
+    directory = Path(prefix) if prefix else Path.cwd()
+    return _yaml_file(
+        getattr(c.config, "_project_path", None), directory / f"{name}.yaml", "project"
+    )
+
+
+def _ask(label: str, current: Any, *, required: bool) -> str | None:
+    """Ask on the terminal; an empty answer keeps ``current`` (the placeholder is no value)."""
+    shown = "" if current is None or current == PLACEHOLDER_HOST else str(current)
+    while True:
+        try:
+            answer = input(f"{label} [{shown}]: ").strip()
+        except EOFError:
+            raise ConfigError(
+                "no answer on the terminal", hint="give the values as flags instead"
+            ) from None
+        if answer or shown or not required:
+            return answer or shown or None
+        print("a value is needed here", file=sys.stderr)
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        section, name = dotted.split(".", 1)
+        nested.setdefault(section, {})[name] = value
+    return nested
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "path": "write this YAML file instead of the project's invoke.yaml",
+        "user": "write the per-user file ~/.invoke.yaml instead of the project's",
+        "ssh_host": "management host: user@host[:port] or an ssh_config alias",
+        "ssh_key": "private key file for the SSH hops (referenced, never copied)",
+        "vm": "runner VM name, the incus instance (optionally remote:name)",
+        "gateway": "bastion host the SSH connection jumps through: user@host[:port]",
+        "force": "overwrite values the file already sets differently",
+        "env": "print `export DAP_...=...` lines for a shell instead of writing a file",
+    },
+)
+@_reported
+def init(
+    c: Context,
+    path: str | None = None,
+    user: bool = False,
+    ssh_host: str | None = None,
+    ssh_key: str | None = None,
+    vm: str | None = None,
+    gateway: str | None = None,
+    force: bool = False,
+    env: bool = False,
+) -> None:
+    """Write the runner settings (dap: section) to invoke.yaml, or print them as env vars.
+
+    On a terminal, asks for each value with the current one as default; otherwise writes
+    the values given as flags. Keeps every other key and comment, never overwrites a
+    different value without --force, writes atomically with mode 0600.
+    """
+    flags = {"ssh_host": ssh_host, "ssh_key": ssh_key, "vm": vm, "gateway": gateway}
+    target = None if env else init_target(c, path, user)
+    current = resolve(c.config, profile_from_env=False)
+    chosen: dict[str, Any] = {}
+    interactive = sys.stdin.isatty()
+    for dotted, parameter, label in INIT_KEYS:
+        value = flags[parameter] or None
+        if value is None and interactive:
+            value = _ask(label, current.value(dotted), required=parameter == "ssh_host")
+        if value is not None:
+            chosen[dotted] = value
+    if not chosen:
+        raise ConfigError(
+            "nothing to write",
+            hint="give --ssh-host, --ssh-key, --vm or --gateway (or run on a terminal to be asked)",
+        )
+    # Validate with the same rules as a connection would, before anything is written.
+    effective = RunnerConfig.from_settings(
+        resolve(c.config, profile_from_env=False, overrides=chosen)
+    )
+    values = _nest(chosen)
+    if env:
+        for line in export_lines(values):
+            print(line)
+        return
+    assert target is not None
+    written = write_dap_section(target, values, force=force)
+    print(f"wrote {', '.join('dap.' + key for key in chosen)} to {written}")
+    if effective.is_placeholder:
+        print(
+            f"note: dap.runner.ssh_host is still the placeholder {PLACEHOLDER_HOST}; "
+            "set it with --ssh-host",
+            file=sys.stderr,
+        )
+    if effective.ssh_key and not os.path.exists(effective.ssh_key) and "runner.ssh_key" in chosen:
+        print(f"note: the key file {effective.ssh_key} does not exist (yet)", file=sys.stderr)
+
+
+def show_lines(settings: Settings) -> list[str]:
+    """The table ``config.show`` prints: one ``key  value  source`` line per setting."""
+    rows = []
+    for setting in settings.settings:
+        value = setting.value
+        if KEYS_BY_PATH[setting.path].field in ("ssh_key", "known_hosts") and isinstance(
+            value, str
+        ):
+            value = expand_path(value) if value else value
+        shown = "(none)" if value is None or value == "" else str(value)
+        rows.append((f"dap.{setting.path}", shown, setting.source))
+    key_width = max(len(row[0]) for row in rows)
+    value_width = max(len(row[1]) for row in rows)
+    lines = [f"{key:<{key_width}}  {value:<{value_width}}  {source}" for key, value, source in rows]
+    known = ", ".join(settings.profiles) if settings.profiles else "none defined"
+    profile = settings.profile or "(none)"
+    return [f"profile: {profile}  (profiles: {known})", *lines]
+
+
+@task(
+    auto_shortflags=False,
+    help={"runner": "show the settings of this named profile (dap.runners.NAME)"},
+)
+@_reported
+def show(c: Context, runner: str | None = None) -> None:
+    """Show the effective dap settings and where each one comes from."""
+    settings = resolve(c.config, runner=runner)
+    for line in show_lines(settings):
+        print(line)
+    config = RunnerConfig.from_settings(settings)
+    kubectl_defaults(c.config, runner=runner)
+    if config.is_placeholder:
+        print(
+            f"note: {PLACEHOLDER_HOST} is a placeholder; dapfab will not connect until you "
+            "run `inv config.init` or set DAP_RUNNER_SSH_HOST",
+            file=sys.stderr,
+        )
+
+
+ns = Collection("config", init, show)
+ns.configure({"dap": copy.deepcopy(DEFAULTS)})

@@ -1,0 +1,117 @@
+"""Interactive commands (``exec -it``, ``edit``, ``attach``): a pty end to end, window size included.
+
+A pty would mangle the launcher's framed stdin, so the command is first staged in a 0600
+file in the VM through the ordinary launcher, and the pty session runs only
+``bash -c 'c=$(cat "$1"); rm -f "$1"; exec bash -lc "$c"' dapfab FILE``: the management
+host's process list shows the file name, never the command. The pty hangs up the remote
+side when the channel closes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import select
+import shutil
+import signal
+import sys
+import termios
+import tty
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from dapfab.quoting import join
+
+if TYPE_CHECKING:
+    from dapfab.config import RunnerConfig
+    from dapfab.execution import Result
+
+INTERACTIVE_SUBCOMMANDS = {"edit"}
+TTY_SUBCOMMANDS = {"exec", "attach", "run", "debug"}
+STAGE = 'umask 077; f=$(mktemp /tmp/dapfab-cmd.XXXXXX) && cat >"$f" && printf %s "$f"'
+UNSTAGE = 'c=$(cat "$1"); rm -f "$1"; exec bash -lc "$c"'
+
+
+def wants_pty(args: Sequence[str]) -> bool:
+    """Whether kubectl ``args`` ask for a terminal (``edit``, or ``exec``/``attach`` with -t)."""
+    words = list(args)
+    sub = next((w for w in words if not w.startswith("-")), None)
+    if sub in INTERACTIVE_SUBCOMMANDS:
+        return True
+    if sub not in TTY_SUBCOMMANDS:
+        return False
+    before_dashdash = words[: words.index("--")] if "--" in words else words
+    for word in before_dashdash:
+        if word in ("--tty", "--tty=true"):
+            return True
+        if word.startswith("-") and not word.startswith("--") and "t" in word[1:]:
+            return True
+    return False
+
+
+def on_terminal() -> bool:
+    """Whether both stdin and stdout are terminals (only then is a pty worth having)."""
+    try:
+        return os.isatty(sys.stdin.fileno()) and os.isatty(sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def run_with_pty(config: RunnerConfig, command: str, *, warn: bool = False) -> Result:
+    """Run ``command`` in the VM on a pty wired to this process's terminal."""
+    from dapfab.connection import POOL
+    from dapfab.errors import CommandError
+    from dapfab.execution import Result, run_in_runner
+
+    staged = run_in_runner(
+        config, STAGE, hide=True, in_stream=io.BytesIO(command.encode("utf-8", "surrogateescape"))
+    ).stdout.strip()
+    words = [config.incus] + (["--project", config.project] if config.project else [])
+    words += ["exec", config.vm_name, "-t", "--", "bash", "-c", UNSTAGE, "dapfab", staged]
+    size = shutil.get_terminal_size()
+    with POOL.session(config) as (_link, channel):
+        channel.get_pty(term=os.environ.get("TERM", "xterm"), width=size.columns, height=size.lines)
+        channel.exec_command(join(words))
+        code = _pump(channel)
+    result = Result(command, code)
+    if code != 0 and not warn:
+        raise CommandError(f"command exited with {code}", exit_code=code, result=result)
+    return result
+
+
+def _pump(channel: Any) -> int:
+    stdin_fd, stdout_fd = sys.stdin.fileno(), sys.stdout.fileno()
+    is_tty = os.isatty(stdin_fd)
+    saved = termios.tcgetattr(stdin_fd) if is_tty else None
+
+    def resize(*_: object) -> None:
+        size = shutil.get_terminal_size()
+        channel.resize_pty(width=size.columns, height=size.lines)
+
+    previous = signal.signal(signal.SIGWINCH, resize)
+    try:
+        if is_tty:
+            tty.setraw(stdin_fd)
+        stdin_open = True
+        while True:
+            readable = [channel] + ([stdin_fd] if stdin_open else [])
+            ready, _, _ = select.select(readable, [], [], 0.5)
+            if channel in ready:
+                data = channel.recv(1 << 16)
+                if not data:
+                    break
+                os.write(stdout_fd, data)
+            if stdin_fd in ready:
+                data = os.read(stdin_fd, 1 << 16)
+                if data:
+                    channel.sendall(data)
+                else:
+                    stdin_open = False
+                    channel.shutdown_write()
+            if channel.exit_status_ready() and not channel.recv_ready():
+                break
+        return channel.recv_exit_status()
+    finally:
+        signal.signal(signal.SIGWINCH, previous)
+        if saved is not None:
+            termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)

@@ -1,0 +1,487 @@
+"""A small Kubernetes API server that the real kubectl accepts (HTTPS, bearer token).
+
+Serves ``/version`` (minor 32), legacy discovery (``/api``, ``/apis``, ``/api/v1``), the
+OpenAPI v3 documents ``apply`` needs, CRUD on the core/v1 kinds in ``resources.KINDS``
+(Tables for ``kubectl get``, plain lists otherwise; apply-patch, strategic/merge/JSON-merge
+patches), pod logs (``follow`` too) and pod port-forward (SPDY/3.1; the WebSocket variant is
+refused so kubectl falls back). Every request is recorded in ``requests.log`` as one JSON
+line with ``token``: ``valid`` / ``invalid`` / ``missing`` (never the token itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hmac
+import json
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from . import openapi, resources
+from .pods import PodProcess
+from .portforward import PortForwardSession
+from .resources import KINDS, SUBRESOURCES, Obj
+
+MAX_BODY = 16 << 20
+
+
+class HTTPError(Exception):
+    """An error answered as a v1 Status."""
+
+    def __init__(self, code: int, reason: str, message: str, details: Obj | None = None) -> None:
+        super().__init__(message)
+        self.status = resources.status(code, reason, message, details)
+
+
+def not_found(plural: str, name: str) -> HTTPError:
+    return HTTPError(404, "NotFound", f'{plural} "{name}" not found', {"name": name, "kind": plural})
+
+
+class Request:
+    """One parsed HTTP/1.1 request."""
+
+    def __init__(self, method: str, target: str, headers: dict[str, str], body: bytes) -> None:
+        self.method, self.target, self.headers, self.body = method, target, headers, body
+        url = urlsplit(target)
+        self.path = unquote(url.path)
+        self.query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+
+    def wants_table(self) -> bool:
+        return "as=Table" in self.headers.get("accept", "")
+
+    def json_body(self) -> Any:
+        ctype = self.headers.get("content-type", "")
+        try:
+            return json.loads(self.body or b"{}")
+        except ValueError:
+            if "yaml" not in ctype:
+                raise HTTPError(400, "BadRequest", "body is not valid JSON") from None
+        from ruamel.yaml import YAML  # apply-patch+yaml may really be YAML
+
+        try:
+            return YAML(typ="safe").load(self.body.decode())
+        except Exception as exc:  # noqa: BLE001 - any parse error is a bad request
+            raise HTTPError(400, "BadRequest", f"body is not valid YAML: {exc}") from None
+
+
+class APIServer:
+    """The API server state: objects, pods, token, request log."""
+
+    def __init__(self, state_dir: Path, address: str, port: int, token: str, pod_address: str) -> None:
+        self.state_dir, self.address, self.port = state_dir, address, port
+        self._token = token.encode()
+        self.pod_address = pod_address
+        self.store = resources.Store()
+        resources.seed(self.store, pod_address, address)
+        self.pods: dict[tuple[str, str], PodProcess] = {}
+        self.request_log = open(state_dir / "requests.log", "a", buffering=1)  # noqa: SIM115
+        self.started = time.time()
+        self._connections: set[asyncio.Task[Any]] = set()
+
+    # --- connections -----------------------------------------------------------------
+
+    def ssl_context(self, cert: Path, key: Path) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        ctx.set_alpn_protocols(["http/1.1"])
+        return ctx
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one client connection (keep-alive) until it closes."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            while True:
+                req = await self._read_request(reader)
+                if req is None:
+                    return
+                keep = await self._serve(req, reader, writer)
+                if not keep:
+                    return
+        except (ConnectionError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                ssl.SSLError, ValueError):
+            return
+        finally:
+            self._connections.discard(task)
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    def close_connections(self) -> None:
+        for task in list(self._connections):
+            task.cancel()
+
+    async def _read_request(self, reader: asyncio.StreamReader) -> Request | None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return None
+        lines = head.decode("latin-1").split("\r\n")
+        method, target, _version = lines[0].split(" ", 2)
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            if line:
+                k, _, v = line.partition(":")
+                k = k.strip().lower()
+                headers[k] = f"{headers[k]}, {v.strip()}" if k in headers else v.strip()
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            parts = []
+            while True:
+                size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                if size == 0:
+                    await reader.readuntil(b"\r\n")
+                    break
+                parts.append(await reader.readexactly(size))
+                await reader.readexactly(2)
+            body = b"".join(parts)
+        else:
+            length = int(headers.get("content-length", "0") or 0)
+            if length > MAX_BODY:
+                raise ValueError("body too large")
+            body = await reader.readexactly(length)
+        return Request(method, target, headers, body)
+
+    def _token_state(self, req: Request) -> str:
+        auth = req.headers.get("authorization", "")
+        if not auth:
+            return "missing"
+        scheme, _, value = auth.partition(" ")
+        ok = scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self._token)
+        return "valid" if ok else "invalid"
+
+    def _log(self, req: Request, token: str, code: int) -> None:
+        entry = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+                 "method": req.method, "path": req.path, "query": urlsplit(req.target).query,
+                 "token": token, "status": code, "user_agent": req.headers.get("user-agent", "")}
+        self.request_log.write(json.dumps(entry) + "\n")
+
+    async def _serve(self, req: Request, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> bool:
+        token = self._token_state(req)
+        keep = req.headers.get("connection", "").lower() != "close"
+        public = req.path in ("/version", "/healthz", "/livez", "/readyz")
+        if token == "invalid" or (token == "missing" and not public):
+            self._log(req, token, 401)
+            await self._send_json(writer, 401, resources.status(401, "Unauthorized", "Unauthorized"))
+            return keep
+        try:
+            if req.path.endswith("/portforward"):
+                return await self._portforward(req, token, reader, writer)
+            if req.path.endswith("/log") and req.query.get("follow") == "true":
+                return await self._follow_log(req, token, writer)
+            code, body, ctype = self.route(req)
+        except HTTPError as exc:
+            code, body, ctype = exc.status["code"], exc.status, "application/json"
+        self._log(req, token, code)
+        if isinstance(body, (bytes, str)):
+            data = body.encode() if isinstance(body, str) else body
+            await self._send(writer, code, data, ctype)
+        else:
+            await self._send_json(writer, code, body)
+        return keep
+
+    async def _send(self, writer: asyncio.StreamWriter, code: int, data: bytes, ctype: str,
+                    extra: str = "") -> None:
+        reason = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized",
+                  404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
+                  415: "Unsupported Media Type", 422: "Unprocessable Entity",
+                  500: "Internal Server Error"}.get(code, "Status")
+        writer.write(f"HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\n"
+                     f"Content-Length: {len(data)}\r\nCache-Control: no-cache, private\r\n"
+                     f"{extra}\r\n".encode() + data)
+        await writer.drain()
+
+    async def _send_json(self, writer: asyncio.StreamWriter, code: int, obj: Any) -> None:
+        await self._send(writer, code, json.dumps(obj).encode() + b"\n", "application/json")
+
+    # --- routing ---------------------------------------------------------------------
+
+    def route(self, req: Request) -> tuple[int, Any, str]:
+        """Answer a plain (non-streaming) request: (status, JSON object or bytes, content type)."""
+        path, method = req.path.rstrip("/") or "/", req.method
+        if path in ("/healthz", "/livez", "/readyz"):
+            return 200, "ok", "text/plain"
+        if method == "GET" and path in self.DISCOVERY:
+            return 200, self.DISCOVERY[path](self), "application/json"
+        parts = path.strip("/").split("/")
+        if parts[:2] != ["api", "v1"]:
+            raise HTTPError(404, "NotFound", "the server could not find the requested resource")
+        parts = parts[2:]
+        namespace: str | None = None
+        if len(parts) >= 3 and parts[0] == "namespaces" and parts[2] in KINDS:
+            namespace, parts = parts[1], parts[2:]
+        if not parts or parts[0] not in KINDS:
+            raise HTTPError(404, "NotFound", "the server could not find the requested resource")
+        plural = parts[0]
+        kind = KINDS[plural]
+        name = parts[1] if len(parts) > 1 else None
+        sub = parts[2] if len(parts) > 2 else None
+        if kind.namespaced and name is not None and namespace is None:
+            raise HTTPError(404, "NotFound", "the server could not find the requested resource")
+        ns = namespace or "" if kind.namespaced else ""
+        if sub == "log" and plural == "pods" and method == "GET":
+            return 200, self._log_text(ns, name or "", req.query), "text/plain"
+        if sub is not None and sub != "status":
+            raise HTTPError(404, "NotFound", "the server could not find the requested resource")
+        if name is None:
+            if method == "GET":
+                return 200, self._list(plural, namespace if kind.namespaced else None, req), "application/json"
+            if method == "POST":
+                return self._create(plural, ns, req)
+            raise HTTPError(405, "MethodNotAllowed", f"{method} is not supported on {plural}")
+        if method == "GET":
+            try:
+                obj = self.store.get(plural, ns, name)
+            except resources.NotFound:
+                raise not_found(plural, name) from None
+            if req.wants_table():
+                return 200, resources.table(plural, [obj], obj["metadata"]["resourceVersion"]), "application/json"
+            return 200, obj, "application/json"
+        if method == "PUT":
+            body = self._object_body(req, kind.kind)
+            try:
+                return 200, self.store.replace(plural, ns, name, body), "application/json"
+            except resources.NotFound:
+                raise not_found(plural, name) from None
+        if method == "PATCH":
+            return self._patch(plural, ns, name, req)
+        if method == "DELETE":
+            if plural == "namespaces" or (plural, ns, name) in {("pods", "default", "web"),
+                                                                 ("services", "default", "web")}:
+                raise HTTPError(403, "Forbidden", f'{plural} "{name}" is part of the lab and cannot be deleted')
+            try:
+                self.store.delete(plural, ns, name)
+            except resources.NotFound:
+                raise not_found(plural, name) from None
+            return 200, resources.status(200, "", "") | {"details": {"name": name, "kind": plural}}, "application/json"
+        raise HTTPError(405, "MethodNotAllowed", f"{method} is not supported")
+
+    def _list(self, plural: str, namespace: str | None, req: Request) -> Obj:
+        items = self.store.list(plural, namespace, req.query.get("labelSelector", ""),
+                                req.query.get("fieldSelector", ""))
+        rv = self.store.resource_version()
+        if req.wants_table():
+            return resources.table(plural, items, rv)
+        for item in items:
+            item.pop("kind", None)
+            item.pop("apiVersion", None)
+        return {"kind": f"{KINDS[plural].kind}List", "apiVersion": "v1",
+                "metadata": {"resourceVersion": rv}, "items": items}
+
+    def _object_body(self, req: Request, kind: str) -> Obj:
+        body = req.json_body()
+        if not isinstance(body, dict):
+            raise HTTPError(400, "BadRequest", "the body is not an object")
+        if body.get("kind", kind) != kind:
+            raise HTTPError(400, "BadRequest", f"the body is a {body.get('kind')}, not a {kind}")
+        return body
+
+    def _create(self, plural: str, ns: str, req: Request) -> tuple[int, Any, str]:
+        body = self._object_body(req, KINDS[plural].kind)
+        body.setdefault("metadata", {})
+        if req.query.get("dryRun"):
+            return 201, body, "application/json"
+        try:
+            return 201, self._created(plural, ns, body), "application/json"
+        except resources.Conflict:
+            name = body["metadata"].get("name")
+            raise HTTPError(409, "AlreadyExists", f'{plural} "{name}" already exists',
+                            {"name": name, "kind": plural}) from None
+        except resources.NotFound as exc:
+            raise HTTPError(404, "NotFound", str(exc).strip('"').replace('\\"', '"')) from None
+        except resources.Invalid as exc:
+            raise HTTPError(422, "Invalid", str(exc)) from None
+
+    def _created(self, plural: str, ns: str, body: Obj) -> Obj:
+        if plural == "pods":
+            status = body.setdefault("status", {})
+            status.setdefault("podIP", self.pod_address)
+            status.setdefault("hostIP", self.address)
+        return self.store.create(plural, ns, body)
+
+    def _patch(self, plural: str, ns: str, name: str, req: Request) -> tuple[int, Any, str]:
+        ctype = req.headers.get("content-type", "").split(";")[0].strip()
+        patch = req.json_body()
+        if ctype == "application/apply-patch+yaml":
+            if not isinstance(patch, dict):
+                raise HTTPError(400, "BadRequest", "apply patch is not an object")
+            manager = req.query.get("fieldManager", "")
+            if not manager:
+                raise HTTPError(422, "Invalid", "PATCH requests with apply require a fieldManager")
+            if not self.store.exists(plural, ns, name):
+                patch.setdefault("metadata", {})["name"] = name
+                try:
+                    return 201, self._created(plural, ns, patch), "application/json"
+                except (resources.Invalid, resources.NotFound) as exc:
+                    raise HTTPError(422, "Invalid", str(exc)) from None
+            return 200, self.store.patch(plural, ns, name, patch), "application/json"
+        if ctype == "application/json-patch+json":
+            raise HTTPError(415, "UnsupportedMediaType", "JSON patches are not supported by the lab")
+        if ctype not in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+            raise HTTPError(415, "UnsupportedMediaType", f"the content type {ctype!r} is not supported")
+        try:
+            return 200, self.store.patch(plural, ns, name, patch), "application/json"
+        except resources.NotFound:
+            raise not_found(plural, name) from None
+
+    # --- discovery -------------------------------------------------------------------
+
+    def _version(self) -> Obj:
+        return {"major": "1", "minor": "32", "gitVersion": "v1.32.0-dapfab-lab",
+                "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
+                "buildDate": "2024-12-11T00:00:00Z", "goVersion": "go1.23.4", "compiler": "gc",
+                "platform": "linux/amd64"}
+
+    def _api(self) -> Obj:
+        return {"kind": "APIVersions", "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0",
+                                                "serverAddress": f"{self.address}:{self.port}"}]}
+
+    def _apis(self) -> Obj:
+        return {"kind": "APIGroupList", "apiVersion": "v1", "groups": []}
+
+    def _api_v1(self) -> Obj:
+        out = []
+        for plural, kind in KINDS.items():
+            out.append({"name": plural, "singularName": kind.kind.lower(), "namespaced": kind.namespaced,
+                        "kind": kind.kind, "verbs": list(kind.verbs), "shortNames": list(kind.short_names),
+                        "storageVersionHash": ""})
+        for name, (kname, verbs) in SUBRESOURCES.items():
+            out.append({"name": name, "singularName": "", "namespaced": True, "kind": kname,
+                        "verbs": list(verbs)})
+        return {"kind": "APIResourceList", "groupVersion": "v1", "resources": out}
+
+    DISCOVERY = {
+        "/version": _version, "/api": _api, "/apis": _apis, "/api/v1": _api_v1,
+        "/openapi/v3": lambda self: openapi.index(),
+        "/openapi/v3/api/v1": lambda self: openapi.API_V1,
+    }
+
+    # --- logs ------------------------------------------------------------------------
+
+    def _pod(self, ns: str, name: str) -> Obj:
+        try:
+            return self.store.get("pods", ns, name)
+        except resources.NotFound:
+            raise not_found("pods", name) from None
+
+    def _log_lines(self, ns: str, name: str) -> list[str]:
+        pod = self._pod(ns, name)
+        proc = self.pods.get((ns, name))
+        if proc is not None and proc.log_path.exists():
+            return proc.log_path.read_text(errors="replace").splitlines(keepends=True)
+        started = pod["metadata"]["creationTimestamp"].replace("Z", ".000000000Z")
+        return [f"{started} {name}: started (the lab runs no process for this pod)\n"]
+
+    @staticmethod
+    def _strip_stamp(line: str, timestamps: bool) -> str:
+        if timestamps:
+            return line
+        stamp, sep, rest = line.partition(" ")
+        return rest if sep and stamp[:2] == "20" and stamp.endswith("Z") else line
+
+    def _log_text(self, ns: str, name: str, query: dict[str, str]) -> bytes:
+        lines = self._log_lines(ns, name)
+        if query.get("tailLines"):
+            n = int(query["tailLines"])
+            lines = lines[-n:] if n > 0 else []
+        ts = query.get("timestamps") == "true"
+        data = "".join(self._strip_stamp(line, ts) for line in lines).encode()
+        if query.get("limitBytes"):
+            data = data[: int(query["limitBytes"])]
+        return data
+
+    async def _follow_log(self, req: Request, token: str, writer: asyncio.StreamWriter) -> bool:
+        parts = req.path.strip("/").split("/")  # api v1 namespaces NS pods NAME log
+        if len(parts) != 7 or parts[2] != "namespaces" or parts[4] != "pods":
+            raise HTTPError(404, "NotFound", "the server could not find the requested resource")
+        ns, name = parts[3], parts[5]
+        try:
+            initial = self._log_text(ns, name, req.query)
+        except HTTPError as exc:
+            self._log(req, token, exc.status["code"])
+            await self._send_json(writer, exc.status["code"], exc.status)
+            return True
+        self._log(req, token, 200)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n"
+                     b"Cache-Control: no-cache, private\r\n\r\n")
+
+        def chunk(data: bytes) -> None:
+            if data:
+                writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+        chunk(initial)
+        await writer.drain()
+        proc = self.pods.get((ns, name))
+        if proc is None:  # nothing will ever be appended: wait for the client to leave
+            while not writer.transport.is_closing():
+                await asyncio.sleep(0.5)
+            return False
+        ts = req.query.get("timestamps") == "true"
+        with open(proc.log_path, "rb") as f:
+            f.seek(0, 2)
+            pending = b""
+            while not writer.transport.is_closing():
+                data = f.read(1 << 16)
+                if not data:
+                    await asyncio.sleep(0.2)
+                    continue
+                pending += data
+                *complete, pending = pending.split(b"\n")
+                text = "".join(self._strip_stamp(x.decode(errors="replace") + "\n", ts) for x in complete)
+                chunk(text.encode())
+                await writer.drain()
+        return False
+
+    # --- port-forward ----------------------------------------------------------------
+
+    async def _portforward(self, req: Request, token: str, reader: asyncio.StreamReader,
+                           writer: asyncio.StreamWriter) -> bool:
+        parts = req.path.strip("/").split("/")
+        if len(parts) != 7 or parts[2] != "namespaces" or parts[4] != "pods":
+            raise HTTPError(404, "NotFound", "the server could not find the requested resource")
+        ns, name = parts[3], parts[5]
+        pod = self._pod(ns, name)
+        upgrade = req.headers.get("upgrade", "").lower()
+        protocols = [p.strip() for p in req.headers.get("x-stream-protocol-version", "").split(",")]
+        if upgrade != "spdy/3.1" or "portforward.k8s.io" not in protocols:
+            # WebSocket (or anything else): refuse, kubectl falls back to SPDY/3.1
+            status = resources.status(400, "BadRequest", f"upgrade to {upgrade or 'nothing'} is not supported; use SPDY/3.1")
+            self._log(req, token, 400)
+            await self._send_json(writer, 400, status)
+            return True
+        if pod.get("status", {}).get("phase") != "Running":
+            raise HTTPError(400, "BadRequest", f"pod {name} is not running")
+        self._log(req, token, 101)
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+                     b"X-Stream-Protocol-Version: portforward.k8s.io\r\n\r\n")
+        await writer.drain()
+        pod_ip = pod.get("status", {}).get("podIP", self.pod_address)
+        session = PortForwardSession(reader, writer, lambda port: (pod_ip, port), self._event)
+        await session.run()
+        self._event(f"portforward {ns}/{name} closed: {session.bytes_in} bytes in, "
+                    f"{session.bytes_out} bytes out")
+        return False
+
+    def _event(self, message: str) -> None:
+        entry = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+                 "event": message}
+        self.request_log.write(json.dumps(entry) + "\n")
+
+    # --- pods ------------------------------------------------------------------------
+
+    def pod_restarted(self, ns: str, name: str) -> None:
+        """Record a restart in the pod's status (restartCount, running since now)."""
+        pod = self.store.get("pods", ns, name)
+        stamp = resources.timestamp(resources.now())
+        for cs in pod["status"].get("containerStatuses", []):
+            previous = cs.get("state", {}).get("running", {}).get("startedAt", stamp)
+            cs["restartCount"] = cs.get("restartCount", 0) + 1
+            cs["lastState"] = {"terminated": {"exitCode": 143, "reason": "Error", "startedAt": previous,
+                                              "finishedAt": stamp}}
+            cs["state"] = {"running": {"startedAt": stamp}}
+        self.store.replace("pods", ns, name, pod)

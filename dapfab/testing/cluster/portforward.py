@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -118,10 +119,11 @@ class PortForwardSession:
         try:
             reader, writer = await asyncio.open_connection(host, port, limit=READ_SIZE * 2)
         except OSError as exc:
+            reason = (os.strerror(exc.errno) if exc.errno else str(exc)).lower()
             self._send(spdy.syn_reply(self.codec, pair.data_id, {}))
-            self.log(f"portforward: dial {host}:{port}: {exc.strerror or exc}")
+            self.log(f"portforward: dial {host}:{port}: {reason}")
             self._fail(pair, f"error forwarding port {pair.port} to pod: dial tcp {host}:{port}: "
-                             f"connect: {(exc.strerror or str(exc)).lower()}")
+                             f"connect: {reason}")
             return
         if pair.done:
             writer.close()

@@ -1,0 +1,117 @@
+"""Helpers: the lab cluster on loopback, driven by the real kubectl."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+KUBECTL = "/usr/bin/kubectl"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LoopbackCluster:
+    """A cluster process on 127.0.0.1 and a private HOME/cache for kubectl."""
+
+    state_dir: Path
+    home: Path
+    port: int
+    pod_address: str
+    process: subprocess.Popen[bytes]
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    def argv(self, *args: str) -> list[str]:
+        return [KUBECTL, "--kubeconfig", str(self.kubeconfig),
+                "--cache-dir", str(self.home / "cache"), *args]
+
+    def env(self) -> dict[str, str]:
+        return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.home)}
+
+    def kubectl(self, *args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run the real kubectl against this cluster; never raises on a non-zero exit."""
+        return subprocess.run(self.argv(*args), input=stdin, capture_output=True, text=True,
+                              env=self.env(), timeout=timeout)
+
+    @contextlib.contextmanager
+    def port_forward(self, *args: str) -> Iterator[tuple[subprocess.Popen[str], list[int]]]:
+        """Run ``kubectl port-forward ARGS``; yield it and its local ports once it listens."""
+        proc = subprocess.Popen(self.argv("port-forward", *args), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, env=self.env())
+        try:
+            yield proc, wait_forwarding(proc, expected=sum(1 for a in args if ":" in a))
+        finally:
+            stop(proc)
+
+
+def wait_forwarding(proc: subprocess.Popen[str], expected: int, deadline: float = 30) -> list[int]:
+    """Read kubectl port-forward's output until it reports ``expected`` IPv4 listeners."""
+    assert proc.stdout is not None
+    ports: list[int] = []
+    end = time.monotonic() + deadline
+    lines = []
+    while len(ports) < expected and time.monotonic() < end:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+        if not ready:
+            if proc.poll() is not None:
+                break
+            continue
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        m = re.match(r"Forwarding from 127\.0\.0\.1:(\d+) ->", line)
+        if m:
+            ports.append(int(m.group(1)))
+    assert len(ports) == expected, f"port-forward did not start: {''.join(lines)!r}"
+    return ports
+
+
+def stop(proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> int:
+    """SIGTERM the process by PID, SIGKILL it after 10 s; return its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def start_cluster(tmp: Path) -> LoopbackCluster:
+    """Start ``python3 -m dapfab.testing.cluster`` on loopback and wait for DIR/ready."""
+    state, home = tmp / "state", tmp / "home"
+    home.mkdir(parents=True)
+    port = free_port()
+    pod_address = f"127.{random.randint(100, 250)}.{random.randint(1, 250)}.{random.randint(2, 250)}"
+    log = open(tmp / "cluster.out", "wb")  # noqa: SIM115 - kept open for the child
+    proc = subprocess.Popen([sys.executable, "-m", "dapfab.testing.cluster", "--state-dir", str(state),
+                             "--address", "127.0.0.1", "--port", str(port), "--pod-address", pod_address],
+                            stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    end = time.monotonic() + 60
+    while not (state / "ready").exists():
+        if proc.poll() is not None or time.monotonic() > end:
+            stop(proc)
+            raise RuntimeError("cluster did not start: " + (tmp / "cluster.out").read_text())
+        time.sleep(0.1)
+    return LoopbackCluster(state, home, port, pod_address, proc)

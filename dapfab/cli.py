@@ -78,12 +78,24 @@ def cli_edge() -> Iterator[None]:
         raise Exit(code=err.exit_code) from None
 
 
-def _running_program() -> Program | None:
+def _called_by_program(task: Task) -> Program | None:
+    """The running Program if ``task`` was invoked by its Executor, not from Python code."""
+    from invoke import Executor
+
     frame = sys._getframe(1)
     while frame is not None:
-        candidate = frame.f_locals.get("self")
-        if isinstance(candidate, Program):
-            return candidate
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, Task) and owner.body is task.body:
+            caller = frame.f_back
+            executor = caller.f_locals.get("self") if caller is not None else None
+            if not isinstance(executor, Executor):
+                return None
+            while caller is not None:
+                candidate = caller.f_locals.get("self")
+                if isinstance(candidate, Program):
+                    return candidate
+                caller = caller.f_back
+            return None
         frame = frame.f_back
     return None
 
@@ -94,7 +106,7 @@ def command_line_remainder(task: Task) -> list[str] | None:
     Invoke 2.2 joins the remainder with spaces; the original words come from the argv the
     running Program parsed. A task called from Python (a runbook) gets None.
     """
-    program = _running_program()
+    program = _called_by_program(task)
     if program is None or not getattr(program, "tasks", None):
         return None
     argv = list(program.argv) if program.argv is not None else sys.argv

@@ -28,6 +28,11 @@ if TYPE_CHECKING:
 
 INTERACTIVE_SUBCOMMANDS = {"edit"}
 TTY_SUBCOMMANDS = {"exec", "attach", "run", "debug"}
+GLOBAL_VALUE_FLAGS = {
+    "-n", "--namespace", "--context", "--cluster", "--user", "--kubeconfig", "-s", "--server",
+    "--token", "--as", "--as-group", "--cache-dir", "--certificate-authority", "-v", "--v",
+    "--request-timeout", "--tls-server-name", "--client-certificate", "--client-key",
+}
 STAGE = 'umask 077; f=$(mktemp /tmp/dapfab-cmd.XXXXXX) && cat >"$f" && printf %s "$f"'
 UNSTAGE = 'c=$(cat "$1"); rm -f "$1"; exec bash -lc "$c"'
 
@@ -35,7 +40,7 @@ UNSTAGE = 'c=$(cat "$1"); rm -f "$1"; exec bash -lc "$c"'
 def wants_pty(args: Sequence[str]) -> bool:
     """Whether kubectl ``args`` ask for a terminal (``edit``, or ``exec``/``attach`` with -t)."""
     words = list(args)
-    sub = next((w for w in words if not w.startswith("-")), None)
+    sub = _subcommand(words)
     if sub in INTERACTIVE_SUBCOMMANDS:
         return True
     if sub not in TTY_SUBCOMMANDS:
@@ -47,6 +52,19 @@ def wants_pty(args: Sequence[str]) -> bool:
         if word.startswith("-") and not word.startswith("--") and "t" in word[1:]:
             return True
     return False
+
+
+def _subcommand(words: list[str]) -> str | None:
+    """kubectl's subcommand: the first word that is neither a flag nor a global flag's value."""
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in GLOBAL_VALUE_FLAGS:
+            skip = True
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 def on_terminal() -> bool:

@@ -1,0 +1,90 @@
+"""The CLI edge: the argv after `--`, the -n short flag, pty detection, one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+from invoke import Collection, Program, task
+
+from dapfab.cli import DapTask, cli_edge, command_line_remainder
+from dapfab.errors import ConfigError
+from dapfab.terminal import wants_pty
+
+seen: list = []
+
+
+@task
+def probe(c):
+    seen.append(command_line_remainder(probe))
+
+
+@task
+def release(c):
+    probe(c)
+
+
+@task(klass=DapTask, auto_shortflags=False)
+def flags(c, namespace=None, context=None):
+    seen.append((namespace, context))
+
+
+@task
+def broken(c):
+    with cli_edge():
+        raise ConfigError("bad VM name 'a;b'", hint="use letters, digits and dashes")
+
+
+def run(*argv: str) -> int:
+    seen.clear()
+    program = Program(namespace=Collection(probe, release, flags, broken), name="t", binary="t")
+    try:
+        program.run(["t", *argv])
+    except SystemExit as exit:
+        return exit.code or 0
+    return 0
+
+
+def test_remainder_keeps_every_word_exactly():
+    run("probe", "--", "a b", "", "$x", "'q'", "-n")
+    assert seen == [["a b", "", "$x", "'q'", "-n"]]
+
+
+def test_remainder_is_not_read_by_a_task_called_from_python():
+    run("release", "--", "x")
+    assert seen == [None]
+
+
+def test_remainder_goes_only_to_the_last_task_named():
+    run("probe", "release", "--", "x")
+    assert seen == [None, None]
+    run("release", "probe", "--", "x")
+    assert seen == [None, ["x"]]
+
+
+def test_only_namespace_gets_a_short_flag():
+    assert run("flags", "-n", "kube-system", "--context", "prod") == 0
+    assert seen == [("kube-system", "prod")]
+    assert run("flags", "-c", "prod") == 1
+
+
+def test_dap_errors_become_one_line_and_their_exit_code(capsys):
+    assert run("broken") == 2
+    err = capsys.readouterr().err
+    assert err == "dapfab: config: bad VM name 'a;b' (use letters, digits and dashes)\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["exec", "-it", "web", "--", "sh"], True),
+        (["exec", "-ti", "web", "--", "sh"], True),
+        (["exec", "--tty", "-i", "web", "--", "sh"], True),
+        (["exec", "web", "--", "ls", "-t"], False),
+        (["edit", "deploy/web"], True),
+        (["attach", "-t", "web"], True),
+        (["get", "pods", "-t"], False),
+        (["logs", "-f", "web"], False),
+        (["-n", "x", "exec", "-it", "web"], True),
+    ],
+)
+def test_wants_pty_only_for_interactive_commands(args, expected):
+    assert wants_pty(args) is expected

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from invoke import Collection, Context, task
-from invoke.exceptions import Exit
 
+from dapfab.cli import cli_edge
 from dapfab.config import (
     DEFAULTS,
     KEYS_BY_PATH,
@@ -27,7 +27,7 @@ from dapfab.config import (
     resolve,
 )
 from dapfab.configfile import export_lines, write_dap_section
-from dapfab.errors import ConfigError, DapError, render
+from dapfab.errors import ConfigError
 
 # The keys config.init writes: (dotted path under dap, task parameter, prompt).
 INIT_KEYS = (
@@ -39,15 +39,12 @@ INIT_KEYS = (
 
 
 def _reported(body: Callable[..., Any]) -> Callable[..., Any]:
-    """Render a DapError as dapfab's one line on stderr and exit with its code."""
+    """Run the task body at the CLI edge: DapErrors become one line and their exit code."""
 
     @functools.wraps(body)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
+        with cli_edge():
             return body(*args, **kwargs)
-        except DapError as error:
-            print(render(error), file=sys.stderr, flush=True)
-            raise Exit(code=error.exit_code) from None
 
     return wrapper
 

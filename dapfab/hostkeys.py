@@ -94,6 +94,30 @@ def enforce(client: Any, *, label: str, known_hosts: str, policy: str, hashed: b
                 raise unknown_host_error(label, hostname, key, known_hosts)
             append_known_host(known_hosts, hostname, key, hashed=hashed)
 
-    if os.path.isfile(known_hosts):
-        client.load_system_host_keys(known_hosts)
+    load_known_hosts(client.get_host_keys(), known_hosts)
     client.set_missing_host_key_policy(_Policy())
+
+
+def load_known_hosts(into: Any, path: str) -> None:
+    """Add every plain or hashed entry of ``path`` to a paramiko ``HostKeys``.
+
+    paramiko's own loader gives up on the whole file at the first line it cannot parse
+    (``@cert-authority``, ``@revoked``, a broken line); those lines are skipped here instead.
+    """
+    from paramiko.hostkeys import HostKeyEntry
+
+    try:
+        with open(path, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                line = line.strip()
+                if not line or line.startswith(("#", "@")):
+                    continue
+                try:
+                    entry = HostKeyEntry.from_line(line)
+                except Exception:  # an unparsable line: OpenSSH skips it too
+                    continue
+                if entry is not None and entry.key is not None:
+                    for name in entry.hostnames:
+                        into.add(name, entry.key.get_name(), entry.key)
+    except FileNotFoundError:
+        return

@@ -201,3 +201,24 @@ def test_sigterm_stops_the_cluster_and_its_pods(tmp_path) -> None:
     while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not os.path.exists(f"/proc/{pid}")
+
+
+def test_get_watch_prints_a_restart_as_a_new_row(cluster: LoopbackCluster) -> None:
+    watch = subprocess.Popen(cluster.argv("get", "pods", "-w"), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, env=cluster.env())
+    try:
+        assert watch.stdout is not None
+        assert watch.stdout.readline().split()[0] == "NAME"
+        first = watch.stdout.readline().split()
+        restart_pod(cluster.state_dir, "web", gap=0.1)
+        second = watch.stdout.readline().split()
+    finally:
+        stop(watch)
+    assert first[0] == second[0] == "web"
+    assert int(second[3]) == int(first[3]) + 1
+
+
+def test_events_describe_the_web_pod(cluster: LoopbackCluster) -> None:
+    r = cluster.kubectl("describe", "pod", "web")
+    assert r.returncode == 0, r.stderr
+    assert "Successfully assigned default/web" in r.stdout

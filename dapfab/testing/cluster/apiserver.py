@@ -55,6 +55,9 @@ class Request:
 
     def json_body(self) -> Any:
         ctype = self.headers.get("content-type", "")
+        if "protobuf" in ctype:
+            raise HTTPError(415, "UnsupportedMediaType",
+                            "the lab's API server accepts JSON and YAML bodies, not protobuf")
         try:
             return json.loads(self.body or b"{}")
         except ValueError:
@@ -173,6 +176,8 @@ class APIServer:
                 return await self._portforward(req, token, reader, writer)
             if req.path.endswith("/log") and req.query.get("follow") == "true":
                 return await self._follow_log(req, token, writer)
+            if req.method == "GET" and req.query.get("watch") in ("true", "1"):
+                return await self._watch(req, token, writer)
             code, body, ctype = self.route(req)
         except HTTPError as exc:
             code, body, ctype = exc.status["code"], exc.status, "application/json"
@@ -437,6 +442,48 @@ class APIServer:
                 await writer.drain()
         return False
 
+    # --- watch -----------------------------------------------------------------------
+
+    async def _watch(self, req: Request, token: str, writer: asyncio.StreamWriter) -> bool:
+        """Stream watch events (JSON lines, chunked) until timeoutSeconds or the client leaves."""
+        parts = req.path.strip("/").split("/")[2:]
+        namespace: str | None = None
+        if len(parts) >= 3 and parts[0] == "namespaces" and parts[2] in KINDS:
+            namespace, parts = parts[1], parts[2:]
+        if len(parts) != 1 or parts[0] not in KINDS:
+            raise HTTPError(404, "NotFound", "the server could not find the requested resource")
+        plural = parts[0]
+        labels, fields = req.query.get("labelSelector", ""), req.query.get("fieldSelector", "")
+        rv_text = req.query.get("resourceVersion", "")
+        self._log(req, token, 200)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\nCache-Control: no-cache, private\r\n\r\n")
+        table = req.wants_table()
+
+        def send(kind: str, obj: Obj) -> None:
+            if table:
+                obj = resources.table(plural, [obj], obj["metadata"]["resourceVersion"])
+            data = json.dumps({"type": kind, "object": obj}).encode() + b"\n"
+            writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+        if rv_text in ("", "0"):
+            for obj in self.store.list(plural, namespace, labels, fields):
+                send("ADDED", obj)
+            rv = int(self.store.resource_version())
+        else:
+            rv = int(rv_text)
+        await writer.drain()
+        deadline = time.monotonic() + float(req.query.get("timeoutSeconds") or 1800)
+        while not writer.transport.is_closing() and time.monotonic() < deadline:
+            for erv, kind, obj in self.store.events_since(rv, plural, namespace, labels, fields):
+                send(kind, obj)
+                rv = erv
+            await writer.drain()
+            await asyncio.sleep(0.2)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
     # --- port-forward ----------------------------------------------------------------
 
     async def _portforward(self, req: Request, token: str, reader: asyncio.StreamReader,
@@ -485,3 +532,4 @@ class APIServer:
                                               "finishedAt": stamp}}
             cs["state"] = {"running": {"startedAt": stamp}}
         self.store.replace("pods", ns, name, pod)
+        resources.add_event(self.store, pod, "Normal", "Started", f"Started container {name} (restart)")

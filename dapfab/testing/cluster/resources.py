@@ -29,6 +29,7 @@ KINDS: dict[str, Kind] = {k.plural: k for k in (
     Kind("configmaps", "ConfigMap", True, ("cm",)),
     Kind("namespaces", "Namespace", False, ("ns",)),
     Kind("nodes", "Node", False, ("no",)),
+    Kind("events", "Event", True, ("ev",)),
 )}
 SUBRESOURCES = {"pods/log": ("Pod", ("get",)), "pods/portforward": ("PodPortForwardOptions", ("create", "get")),
                 "pods/status": ("Pod", ("get", "patch", "update"))}
@@ -135,6 +136,26 @@ class Store:
     def __init__(self) -> None:
         self._objects: dict[tuple[str, str, str], Obj] = {}
         self._rv = itertools.count(1000)
+        self.events: list[tuple[int, str, str, str, Obj]] = []  # (rv, type, plural, ns, object)
+
+    def _record(self, kind: str, plural: str, namespace: str, obj: Obj) -> None:
+        rv = int(obj["metadata"].get("resourceVersion") or self.resource_version())
+        self.events.append((rv, kind, plural, namespace, copy.deepcopy(obj)))
+        del self.events[:-1000]
+
+    def events_since(self, rv: int, plural: str, namespace: str | None, labels: str = "",
+                     fields: str = "") -> list[tuple[int, str, Obj]]:
+        """Watch events (rv, ADDED/MODIFIED/DELETED, object) after resource version ``rv``."""
+        out = []
+        for erv, kind, p, ns, obj in self.events:
+            if erv <= rv or p != plural or (namespace is not None and ns != namespace):
+                continue
+            if labels and not match_labels(obj["metadata"].get("labels", {}), labels):
+                continue
+            if fields and not match_fields(obj, fields):
+                continue
+            out.append((erv, kind, copy.deepcopy(obj)))
+        return out
 
     def resource_version(self) -> str:
         return str(next(self._rv))
@@ -189,6 +210,7 @@ class Store:
         if defaults:
             defaults(obj)
         self._objects[(plural, namespace, name)] = obj
+        self._record("ADDED", plural, namespace, obj)
         return copy.deepcopy(obj)
 
     def replace(self, plural: str, namespace: str, name: str, obj: Obj) -> Obj:
@@ -204,6 +226,7 @@ class Store:
             obj["status"] = old.get("status", {})
         meta["resourceVersion"] = self.resource_version()
         self._objects[(plural, namespace, name)] = obj
+        self._record("MODIFIED", plural, namespace, obj)
         return copy.deepcopy(obj)
 
     def patch(self, plural: str, namespace: str, name: str, patch: Obj) -> Obj:
@@ -213,7 +236,24 @@ class Store:
     def delete(self, plural: str, namespace: str, name: str) -> Obj:
         obj = self.get(plural, namespace, name)
         del self._objects[(plural, namespace, name)]
+        obj["metadata"]["resourceVersion"] = self.resource_version()
+        self._record("DELETED", plural, namespace, obj)
         return obj
+
+
+def add_event(store: Store, obj: Obj, type_: str, reason: str, message: str) -> None:
+    """Record a core/v1 Event about ``obj`` (what `kubectl describe` and `get events` show)."""
+    meta = obj["metadata"]
+    stamp = timestamp(now())
+    store.create("events", meta.get("namespace", "default"), {
+        "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}"},
+        "involvedObject": {"kind": obj.get("kind", ""), "name": meta["name"],
+                           "namespace": meta.get("namespace", ""), "uid": meta.get("uid", ""),
+                           "apiVersion": "v1"},
+        "type": type_, "reason": reason, "message": message, "count": 1,
+        "firstTimestamp": stamp, "lastTimestamp": stamp,
+        "source": {"component": "kubelet", "host": NODE_NAME},
+    })
 
 
 def _pod_defaults(pod: Obj) -> None:
@@ -286,6 +326,10 @@ TABLES: dict[str, tuple[list[Obj], Any]] = {
                  lambda s: [s["metadata"]["name"], s["spec"].get("type", "ClusterIP"),
                             s["spec"].get("clusterIP", "None"), "<none>", _ports(s),
                             human_age(s["metadata"]["creationTimestamp"]), _selector(s)]),
+    "events": ([_col("Last Seen"), _col("Type"), _col("Reason"), _col("Object"), _col("Message")],
+               lambda e: [human_age(e["metadata"]["creationTimestamp"]), e.get("type", "Normal"),
+                          e.get("reason", ""), f"{e.get('involvedObject', {}).get('kind', '').lower()}/"
+                          f"{e.get('involvedObject', {}).get('name', '')}", e.get("message", "")]),
     "configmaps": ([_col("Name", fmt="name"), _col("Data", "integer"), _col("Age")],
                    lambda c: [c["metadata"]["name"], len(c.get("data", {})) + len(c.get("binaryData", {})),
                               human_age(c["metadata"]["creationTimestamp"])]),
@@ -358,6 +402,9 @@ def seed(store: Store, pod_ip: str, node_ip: str) -> None:
         }]},
         "status": {"podIP": pod_ip, "podIPs": [{"ip": pod_ip}], "hostIP": node_ip, "qosClass": "BestEffort"},
     })
+    web = store.get("pods", "default", "web")
+    add_event(store, web, "Normal", "Scheduled", f"Successfully assigned default/web to {NODE_NAME}")
+    add_event(store, web, "Normal", "Started", "Started container web")
     store.create("services", "default", {
         "metadata": {"name": "web", "labels": {"app": "web"}},
         "spec": {"selector": {"app": "web"}, "clusterIP": "10.96.0.80", "clusterIPs": ["10.96.0.80"],

@@ -13,7 +13,7 @@ and an environment like the real one's. Process lifetimes follow a real LXD 5.0 
 - TERM, INT, QUIT, USR1, USR2 and HUP (sent on as TERM without a pty) received by the client
   are sent to the top process only, never to its process group;
 - a separate "server" process (the monitor, in its own session, like the daemon's exec
-  handler) is the parent of the top process; when the client dies or its control socket
+  handler) is the parent of the top process; when the client dies or its control pipe
   closes it SIGKILLs the top process and nothing else, so children of a shell that stayed
   their parent survive, adopted by the runner's PID 1;
 - closing an SSH channel signals nothing: the client sees stdin EOF and carries on; only a
@@ -22,8 +22,8 @@ and an environment like the real one's. Process lifetimes follow a real LXD 5.0 
 The instance table is one line per instance: ``name project state init-pid ipv4``.
 """
 
+import _signal as signal  # the C module: no enum import, a faster start
 import os
-import signal
 import sys
 
 INSTANCES_FILE = ""  # filled in by the lab when it installs the program
@@ -259,8 +259,6 @@ class Session:
         self.interactive, self.stdin_null = interactive, stdin_null
 
     def run(self) -> int:
-        import socket
-
         namespaces = []
         for kind, flag in (("pid", CLONE_NEWPID), ("mnt", CLONE_NEWNS), ("net", CLONE_NEWNET),
                            ("uts", CLONE_NEWUTS)):
@@ -268,12 +266,15 @@ class Session:
                 namespaces.append((os.open(f"/proc/{self.init_pid}/ns/{kind}", os.O_RDONLY), flag))
             except OSError:
                 raise Fail("Instance is not running") from None
-        control, server_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # The control channel: signals go to the monitor, the exit status comes back; the
+        # monitor reads EOF when the client dies (its "connection drops").
+        signals_r, signals_w = os.pipe()
+        status_r, status_w = os.pipe()
         if self.interactive:
             master, slave = os.openpty()
             child_fds = (os.open(os.devnull, os.O_RDONLY) if self.stdin_null else slave, slave, slave)
             ours = {"in": master, "out": master, "err": None}
-            self._copy_winsize(master)
+            copy_winsize(master)
         else:
             stdin_r, stdin_w = os.pipe() if not self.stdin_null else (os.open(os.devnull, os.O_RDONLY), None)
             out_r, out_w = os.pipe()
@@ -283,52 +284,51 @@ class Session:
         if os.fork() == 0:  # the monitor: the server's side of the exec
             code = 1
             try:
-                control.close()
-                for fd in {fd for fd in ours.values() if fd is not None}:
+                for fd in {fd for fd in ours.values() if fd is not None} | {signals_w, status_r}:
                     os.close(fd)
                 os.setsid()
                 null = os.open(os.devnull, os.O_RDWR)
                 for target in (0, 1, 2):  # hold none of the client's streams (an SSH channel)
                     os.dup2(null, target)
-                code = Monitor(server_end, namespaces, child_fds, self).run()
+                code = Monitor(signals_r, status_w, namespaces, child_fds, self).run()
             finally:
                 os._exit(code)
-        server_end.close()
-        for fd in set(child_fds):
+        for fd in set(child_fds) | {signals_r, status_w}:
             os.close(fd)
         for fd, _ in namespaces:
             os.close(fd)
-        return Relay(control, ours, self.interactive, self.stdin_null).run()
+        return Relay(signals_w, status_r, ours, self.interactive, self.stdin_null).run()
 
-    @staticmethod
-    def _copy_winsize(master: int) -> None:
-        import fcntl
-        import termios
 
-        for fd in (0, 1):
-            try:
-                size = fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
-                fcntl.ioctl(master, termios.TIOCSWINSZ, size)
-                return
-            except OSError:
-                continue
+def copy_winsize(master: int) -> None:
+    """Give the pty the client's window size."""
+    import fcntl
+    import termios
+
+    for fd in (0, 1):
+        try:
+            size = fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
+            fcntl.ioctl(master, termios.TIOCSWINSZ, size)
+            return
+        except OSError:
+            continue
 
 
 class Monitor:
     """Parent of the top process: forwards signals to it, reports its exit, kills it alone."""
 
-    def __init__(self, control, namespaces, child_fds, session: Session) -> None:
-        self.control, self.namespaces, self.child_fds, self.session = control, namespaces, child_fds, session
+    def __init__(self, signals_r: int, status_w: int, namespaces, child_fds, session: Session) -> None:
+        self.signals_r, self.status_w = signals_r, status_w
+        self.namespaces, self.child_fds, self.session = namespaces, child_fds, session
 
     def run(self) -> int:
         import ctypes
         import select
 
         setns = ctypes.CDLL(None, use_errno=True).setns
-        pid_fd = self.namespaces[0][0]
-        if setns(pid_fd, CLONE_NEWPID) != 0:
+        if setns(self.namespaces[0][0], CLONE_NEWPID) != 0:
             return 1
-        err_r, err_w = os.pipe()  # reports an exec failure of the child
+        err_r, err_w = os.pipe()  # an exec failure of the child comes back on it
         top = os.fork()
         if top == 0:
             self._child(setns, err_w)
@@ -339,7 +339,7 @@ class Monitor:
         os.close(err_r)
         pidfd = os.pidfd_open(top)
         poller = select.poll()
-        poller.register(self.control, select.POLLIN)
+        poller.register(self.signals_r, select.POLLIN)
         poller.register(pidfd, select.POLLIN)
         while True:
             ready = {fd for fd, _ in poller.poll()}
@@ -348,34 +348,37 @@ class Monitor:
                 code = os.waitstatus_to_exitcode(status)
                 code = 128 - code if code < 0 else code
                 if failure:
-                    code = int(failure.split(b" ", 1)[0])
-                    self._send(b"E" + failure.split(b" ", 1)[1])
-                self._send(b"X%d" % code)
+                    number, _, text = failure.partition(b" ")
+                    code = int(number)
+                    self._send(b"E" + text.replace(b"\n", b" ") + b"\n")
+                self._send(b"X%d\n" % code)
                 return 0
-            message = self.control.recv(64)
-            if not message:  # the client died or its connection dropped
+            messages = os.read(self.signals_r, 4096)
+            if not messages:  # the client died or its connection dropped
                 os.kill(top, signal.SIGKILL)
                 os.waitpid(top, 0)
                 return 0
-            if message[:1] == b"S":
-                try:
-                    os.kill(top, int(message[1:]))
-                except ProcessLookupError:
-                    pass
+            for message in messages.split(b"\n"):
+                if message[:1] == b"S":
+                    try:
+                        os.kill(top, int(message[1:]))
+                    except ProcessLookupError:
+                        pass
 
     def _send(self, data: bytes) -> None:
         try:
-            self.control.send(data)
+            os.write(self.status_w, data)
         except OSError:
             pass
 
     def _child(self, setns, err_w: int) -> None:
         session = self.session
         try:
-            os.set_inheritable(err_w, False)
             for fd, flag in self.namespaces[1:]:
                 if setns(fd, flag) != 0:
-                    raise OSError(ctypes_errno(), "setns")
+                    import ctypes
+
+                    raise OSError(ctypes.get_errno(), "setns")
             os.setsid()
             if session.interactive:
                 import fcntl
@@ -386,7 +389,7 @@ class Monitor:
                 os.dup2(fd, target)
             os.closerange(3, err_w)
             os.closerange(err_w + 1, 65536)
-            for name in FORWARDED + ("SIGPIPE",):
+            for name in FORWARDED + ("SIGPIPE", "SIGXFSZ"):  # Python ignores PIPE and XFSZ
                 signal.signal(getattr(signal, name), signal.SIG_DFL)
             if session.gid:
                 os.setgid(session.gid)
@@ -407,37 +410,35 @@ class Monitor:
             os._exit(127)
 
 
-def ctypes_errno() -> int:
-    import ctypes
-
-    return ctypes.get_errno()
-
-
 class Relay:
     """The client side: copies the streams and sends the client's signals on to the monitor."""
 
-    def __init__(self, control, fds: dict, interactive: bool, stdin_null: bool) -> None:
-        self.control, self.fds, self.interactive = control, fds, interactive
+    def __init__(self, signals_w: int, status_r: int, fds: dict, interactive: bool,
+                 stdin_null: bool) -> None:
+        self.signals_w, self.status_r, self.fds = signals_w, status_r, fds
+        self.interactive = interactive
         self.stdin_open = not stdin_null
         self.pending = b""
+        self.watched: dict[int, tuple[int, object]] = {}
 
     def _signal(self, signum: int, _frame) -> None:
         if signum == signal.SIGHUP and not self.interactive:
             signum = signal.SIGTERM
         try:
-            self.control.send(b"S%d" % signum)
+            os.write(self.signals_w, b"S%d\n" % signum)
         except OSError:
             pass
 
     def run(self) -> int:
-        import selectors
+        import select
 
+        self.poller = select.poll()  # poll, unlike epoll, takes regular files too
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         for name in FORWARDED:
             signal.signal(getattr(signal, name), self._signal)
         saved = None
         if self.interactive:
-            signal.signal(signal.SIGWINCH, lambda *_: Session._copy_winsize(self.fds["out"]))
+            signal.signal(signal.SIGWINCH, lambda *_: copy_winsize(self.fds["out"]))
             if os.isatty(0):
                 import termios
                 import tty
@@ -445,61 +446,73 @@ class Relay:
                 saved = termios.tcgetattr(0)
                 tty.setraw(0)
         try:
-            return self._loop(selectors.PollSelector())  # poll, unlike epoll, takes files
+            return self._loop()
         finally:
             if saved is not None:
                 import termios
 
                 termios.tcsetattr(0, termios.TCSADRAIN, saved)
 
-    def _loop(self, sel) -> int:
+    def _watch(self, fd: int, mask: int, what: object) -> None:
+        self.poller.register(fd, mask)
+        self.watched[fd] = (mask, what)
+
+    def _unwatch(self, fd: int) -> None:
+        if fd in self.watched:
+            self.poller.unregister(fd)
+            del self.watched[fd]
+
+    def _loop(self) -> int:
         cmd_in = self.fds["in"]
         if cmd_in is not None:
             os.set_blocking(cmd_in, False)
         if self.stdin_open and cmd_in is not None:
-            sel.register(0, 1, "stdin")
+            self._watch(0, 1, "stdin")
         else:
             self.stdin_open = False
             if cmd_in is not None and not self.interactive:
                 os.close(cmd_in)
+                self.fds["in"] = None
         for key, target in (("out", 1), ("err", 2)):
             if self.fds[key] is not None:
-                sel.register(self.fds[key], 1, target)
-        sel.register(self.control, 1, "control")
-        code = None
-        while code is None:
-            for key, events in sel.select():
-                what = key.data
-                if what == "control":
-                    message = self.control.recv(4096)
-                    if not message:
+                self._watch(self.fds[key], 1, target)
+        self._watch(self.status_r, 1, "status")
+        buffer = b""
+        while True:
+            for fd, _events in self.poller.poll():
+                mask, what = self.watched.get(fd, (0, None))
+                if what == "status":
+                    data = os.read(self.status_r, 4096)
+                    if not data:
                         sys.stderr.write("Error: websocket: close 1006 (abnormal closure)\n")
                         return 1
-                    if message[:1] == b"E":
-                        self._drain(sel)
-                        sys.stderr.write(message[1:].decode(errors="replace") + "\n")
-                    elif message[:1] == b"X":
-                        code = int(message[1:])
+                    buffer += data
+                    while b"\n" in buffer:
+                        message, buffer = buffer.split(b"\n", 1)
+                        if message[:1] == b"E":
+                            self._drain()
+                            sys.stderr.write(message[1:].decode(errors="replace") + "\n")
+                        elif message[:1] == b"X":
+                            self._drain()
+                            return int(message[1:])
                 elif what == "stdin":
-                    if events & 2:
-                        self._flush_stdin(sel)
+                    if mask & 4:
+                        self._flush_stdin()
                     else:
-                        self._read_stdin(sel)
-                else:
-                    self._copy(key.fd, what, sel)
-        self._drain(sel)
-        return code
+                        self._read_stdin()
+                elif what is not None:
+                    self._copy(fd, what)
 
-    def _read_stdin(self, sel) -> None:
+    def _read_stdin(self) -> None:
         try:
             data = os.read(0, 65536)
         except OSError:
             data = b""
         if not data:
-            sel.unregister(0)
+            self._unwatch(0)
             self.stdin_open = False
             if not self.interactive:
-                self._close_stdin(sel)
+                self._close_stdin()
             return
         if self.interactive:  # a pty takes what it is given
             try:
@@ -508,9 +521,9 @@ class Relay:
                 pass
             return
         self.pending = data
-        self._flush_stdin(sel)
+        self._flush_stdin()
 
-    def _flush_stdin(self, sel) -> None:
+    def _flush_stdin(self) -> None:
         cmd_in = self.fds["in"]
         try:
             written = os.write(cmd_in, self.pending)
@@ -520,41 +533,39 @@ class Relay:
             written = len(self.pending)
         self.pending = self.pending[written:]
         if self.pending:  # wait until the command reads, without reading more stdin
-            if 0 in sel.get_map():
-                sel.unregister(0)
-            if cmd_in not in sel.get_map():
-                sel.register(cmd_in, 2, "stdin")
-        else:
-            if cmd_in in sel.get_map() and sel.get_key(cmd_in).data == "stdin":
-                sel.unregister(cmd_in)
-            if self.stdin_open and 0 not in sel.get_map():
-                sel.register(0, 1, "stdin")
-            elif not self.stdin_open and not self.interactive:
-                self._close_stdin(sel)
+            self._unwatch(0)
+            if cmd_in not in self.watched:
+                self._watch(cmd_in, 4, "stdin")
+            return
+        self._unwatch(cmd_in)
+        if self.stdin_open:
+            if 0 not in self.watched:
+                self._watch(0, 1, "stdin")
+        elif not self.interactive:
+            self._close_stdin()
 
-    def _close_stdin(self, sel) -> None:
+    def _close_stdin(self) -> None:
         if not self.pending and self.fds["in"] is not None:
             os.close(self.fds["in"])
             self.fds["in"] = None
 
-    def _copy(self, fd: int, target: int, sel) -> bool:
+    def _copy(self, fd: int, target: int) -> None:
         try:
             data = os.read(fd, 65536)
         except BlockingIOError:
-            return True
+            return
         except OSError:  # EIO: the pty's last slave closed
             data = b""
         if not data:
-            sel.unregister(fd)
-            return False
+            self._unwatch(fd)
+            return
         self._write(target, data)
-        return True
 
-    def _drain(self, sel) -> None:
+    def _drain(self) -> None:
         """Copy what the command wrote before it exited; do not wait for its children."""
         for key, target in (("out", 1), ("err", 2)):
             fd = self.fds[key]
-            if fd is None or fd not in sel.get_map():
+            if fd is None or fd not in self.watched:
                 continue
             os.set_blocking(fd, False)
             while True:

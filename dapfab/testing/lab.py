@@ -733,6 +733,7 @@ class RunnerBackend:
 
 
 RUNNER_INIT = """\
+# PID 1 of the lab's runner VM: reaps orphans until SIGTERM/SIGINT
 import os, signal
 wanted = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
 signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
@@ -812,12 +813,14 @@ class NetnsRunner(RunnerBackend):
         ready = self.dir / "init.ready"
         with contextlib.suppress(FileNotFoundError):
             ready.unlink()
+        init_file = self.dir / "init.py"
+        init_file.write_text(RUNNER_INIT)
         script = (f'mount --bind "{self.home}" /root && echo "{self.vm_name}" > /proc/sys/kernel/hostname'
-                  f' && {SYSCTLS} && : > "{ready}" && exec "$0" -I -c "$1" "{self.vm_name}"')
+                  f' && {SYSCTLS} && : > "{ready}" && exec "$0" -I "$1" "{self.vm_name}"')
         python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
         proc = lab._spawn(["ip", "netns", "exec", lab.netns("runner"), "unshare", "--pid", "--fork",
                            "--mount-proc", "--uts", "--", "/bin/sh", "-c", script, python,
-                           RUNNER_INIT], log=self.dir / "init.log")
+                           str(init_file)], log=self.dir / "init.log")
         _wait_for(lambda: ready.exists() or proc.poll() is not None, 10, "the runner's init")
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
         _wait_for(lambda: proc.poll() is not None or children.read_text().strip(), 10,

@@ -123,7 +123,7 @@ class BridgedConnection:
         bridge = self.bridge
         process = RemoteProcess(
             bridge.config,
-            relay_command(bridge.runner_port),
+            relay_command(bridge.runner_port or 0),
             on_stdout=self._down,
             on_stderr=self._err,
             in_stream=_SocketReader(self),
@@ -175,13 +175,13 @@ class LaptopBridge:
     def __init__(
         self,
         config: RunnerConfig,
-        runner_port: int,
+        runner_port: int | None = None,
         *,
         laptop_port: int | str = 0,
         on_event: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
-        self.runner_port = validate_port(runner_port, what="runner port")
+        self.runner_port = None if runner_port is None else validate_port(runner_port, what="runner port")
         self.requested_port = validate_port(laptop_port, allow_zero=True, what="laptop port")
         self.laptop_port: int | None = None
         self.on_event = on_event or (lambda message: log.info("%s", message))
@@ -201,8 +201,11 @@ class LaptopBridge:
         self.bytes_up += up
         self.bytes_down += down
 
-    def start(self) -> int:
-        """Bind 127.0.0.1 and start accepting; the laptop port."""
+    def bind(self) -> int:
+        """Bind 127.0.0.1 (before anything is sent, so a port in use fails early); the port."""
+        if self._listener is not None:
+            assert self.laptop_port is not None
+            return self.laptop_port
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -219,8 +222,18 @@ class LaptopBridge:
         listener.settimeout(0.25)
         self._listener = listener
         self.laptop_port = listener.getsockname()[1]
+        return self.laptop_port
+
+    def start(self, runner_port: int | None = None) -> int:
+        """Bind (unless bound) and start accepting for ``runner_port``; the laptop port."""
+        if runner_port is not None:
+            self.runner_port = validate_port(runner_port, what="runner port")
+        if self.runner_port is None:
+            raise ValueError("the runner port is not known yet")
+        self.bind()
         self._acceptor = threading.Thread(target=self._accept, name="dapfab-bridge", daemon=True)
         self._acceptor.start()
+        assert self.laptop_port is not None
         return self.laptop_port
 
     def _accept(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 from typing import Any
 
 from invoke import Collection, Context, Exit, task
@@ -71,5 +72,279 @@ def kubectl(
             raise Exit(code=err.exit_code) from None
 
 
-ns = Collection("k8s", kubectl)
+def _mib(count: int) -> str:
+    return f"{count / 1048576:.1f} MiB"
+
+
+class _ForwardDisplay:
+    """Forwarding lines on stdout; events on stderr; on a terminal, one live status line."""
+
+    def __init__(self, label: str) -> None:
+        import sys
+
+        self.label = label
+        self.live = sys.stderr.isatty()
+        self.status = ""
+        self.lock = threading.Lock()
+
+    def line(self, text: str) -> None:
+        import sys
+
+        with self.lock:
+            self._clear()
+            print(text, flush=True)
+            self._draw()
+        if not sys.stdout.isatty():
+            sys.stdout.flush()
+
+    def event(self, message: str) -> None:
+        import sys
+
+        with self.lock:
+            self._clear()
+            print(f"dapfab: forward: {message}", file=sys.stderr, flush=True)
+            self._draw()
+
+    def update(self, status: str) -> None:
+        with self.lock:
+            self.status = status
+            self._draw()
+
+    def _clear(self) -> None:
+        import sys
+
+        if self.live and self.status:
+            sys.stderr.write("\r\x1b[K")
+
+    def _draw(self) -> None:
+        import sys
+
+        if self.live and self.status:
+            sys.stderr.write("\r\x1b[K" + self.status)
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        import sys
+
+        with self.lock:
+            self._clear()
+            self.status = ""
+            if self.live:
+                sys.stderr.flush()
+
+
+@task(
+    klass=DapTask,
+    auto_shortflags=False,
+    help={
+        "target": "what to forward to: pod/NAME, svc/NAME, deploy/NAME (kubectl's TYPE/NAME)",
+        "port": "the target's port (for svc/ the service port)",
+        "namespace": "kubectl --namespace (default: dap.kubectl.namespace)",
+        "context": "kubectl --context (default: dap.kubectl.context)",
+        "runner": RUNNER_HELP,
+        "local_port": "port on the runner's 127.0.0.1 (default 0: a free one)",
+        "laptop_port": "also listen on this laptop's 127.0.0.1:N and carry connections to the "
+        "runner's forward (0: a free port)",
+    },
+)
+def forward(
+    c: Context,
+    target: str,
+    port: str,
+    namespace: str | None = None,
+    context: str | None = None,
+    runner: str | None = None,
+    local_port: str | None = None,
+    laptop_port: str | None = None,
+) -> None:
+    """Keep kubectl port-forward running in the runner until Ctrl-C: inv k8s.forward pod/web 8080
+
+    Prints `Forwarding from 127.0.0.1:<port> -> <TARGET>:<PORT> (runner)` once ready (and a
+    `(laptop)` line with --laptop-port); restarts kubectl on the same port when it exits.
+    """
+    import signal
+    import time
+
+    from dapfab.bridge import LaptopBridge
+    from dapfab.commands import incus_command, validate_context, validate_namespace, validate_port
+    from dapfab.forward import Forward, forward_command, validate_target
+
+    with cli_edge():
+        target = validate_target(target)
+        remote_port = validate_port(port, what="port")
+        runner_port = validate_port(
+            local_port if local_port is not None else 0, allow_zero=True, what="--local-port"
+        )
+        wanted_laptop = (
+            None
+            if laptop_port is None
+            else validate_port(laptop_port, allow_zero=True, what="--laptop-port")
+        )
+        config = runner_config(c, runner)
+        default_ns, default_ctx = kubectl_defaults(c.config, runner=runner)
+        namespace = validate_namespace(namespace) if namespace is not None else default_ns
+        context = validate_context(context) if context is not None else default_ctx
+        options = run_options(c)
+        code = forward_command(
+            target, remote_port, local_port=runner_port, namespace=namespace, context=context
+        )
+        if options["dry"] or options["echo"]:
+            import sys
+
+            print(incus_command(config, code), file=sys.stdout if options["dry"] else sys.stderr)
+            if options["dry"]:
+                return
+        config.check_configured()
+        display = _ForwardDisplay(f"{target}:{remote_port}")
+        bridge = None
+        if wanted_laptop is not None:
+            bridge = LaptopBridge(config, laptop_port=wanted_laptop, on_event=display.event)
+            bridge.bind()  # a laptop port in use fails here, before anything is sent
+        fwd = Forward(
+            config,
+            target,
+            remote_port,
+            namespace=namespace,
+            context=context,
+            local_port=runner_port,
+            reconnect=True,
+            on_event=display.event,
+        )
+        try:
+            fwd.open()
+            display.line(
+                f"Forwarding from 127.0.0.1:{fwd.runner_port} -> {target}:{remote_port} (runner)"
+            )
+            if bridge is not None:
+                assert fwd.runner_port is not None
+                bridge.start(fwd.runner_port)
+                display.line(
+                    f"Forwarding from 127.0.0.1:{bridge.laptop_port} -> {target}:{remote_port} "
+                    "(laptop)"
+                )
+            while True:
+                time.sleep(0.5)
+                if display.live:
+                    state = "up" if fwd.alive else "reconnecting"
+                    status = f"forward {target}:{remote_port} {state}, restarts {fwd.restarts}"
+                    if bridge is not None:
+                        status += (
+                            f" | connections {bridge.open_connections} open, "
+                            f"{bridge.total_connections} total | up {_mib(bridge.bytes_up)}, "
+                            f"down {_mib(bridge.bytes_down)}"
+                        )
+                    display.update(status)
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                # a second Ctrl-C must not cut the cleanup short
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, signal.SIG_IGN)
+            display.done()
+            if bridge is not None:
+                bridge.close()
+            fwd.close()
+
+
+def _request_body(data: str | None) -> bytes | None:
+    """``--data``: the text itself, ``@FILE`` a laptop file, ``@-`` this process's stdin."""
+    import sys
+
+    from dapfab.errors import ConfigError
+
+    if data is None:
+        return None
+    if data == "@-":
+        return sys.stdin.buffer.read()
+    if data.startswith("@"):
+        path = data[1:]
+        try:
+            with open(path, "rb") as handle:
+                return handle.read()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read --data file {path} ({exc.strerror})",
+                hint="give @FILE with a readable file on this machine, or @- for stdin",
+            ) from None
+    return data.encode("utf-8", "surrogateescape")
+
+
+def response_json(response: Any) -> dict[str, Any]:
+    """``{status, headers, body}``, or ``body_base64`` when the body is not UTF-8."""
+    import base64
+
+    out: dict[str, Any] = {"status": response.status, "headers": response.headers}
+    try:
+        out["body"] = response.body.decode("utf-8")
+    except UnicodeDecodeError:
+        out["body_base64"] = base64.b64encode(response.body).decode("ascii")
+    return out
+
+
+@task(
+    klass=DapTask,
+    auto_shortflags=False,
+    iterable=["header"],
+    help={
+        "url": "the URL, as the runner resolves it (http://web.default.svc:8080/path)",
+        "runner": RUNNER_HELP,
+        "method": "HTTP method (default GET, POST with --data)",
+        "header": "a request header 'Name: value' (repeatable); never on a command line",
+        "data": "request body: text, @FILE (a file on this machine) or @- (stdin)",
+        "no_fail": "exit 0 for HTTP status >= 400 too (default: exit 22)",
+        "json": "print {status, headers, body} (body_base64 when not UTF-8) as JSON",
+        "timeout": "seconds curl may take (default 30)",
+    },
+)
+def curl(
+    c: Context,
+    url: str,
+    runner: str | None = None,
+    method: str | None = None,
+    header: list[str] | None = None,
+    data: str | None = None,
+    no_fail: bool = False,
+    json: bool = False,
+    timeout: str | None = None,
+) -> None:
+    """Run curl in the runner: body to stdout, `HTTP <status>` to stderr; exit 22 on >= 400."""
+    import json as jsonlib
+    import sys
+
+    from dapfab.commands import incus_command, validate_url
+    from dapfab.curl import curl_config, curl_script, header_lines, runner_curl
+    from dapfab.errors import ConfigError
+
+    with cli_edge():
+        url = validate_url(url)
+        headers = header_lines(header or [])
+        try:
+            seconds = float(timeout) if timeout is not None else 30.0
+        except ValueError:
+            raise ConfigError(
+                f"invalid --timeout {timeout!r}", hint="give seconds, e.g. 30"
+            ) from None
+        config = runner_config(c, runner)
+        body = _request_body(data)
+        verb = (method or ("POST" if body is not None else "GET")).upper()
+        options = run_options(c)
+        if options["dry"] or options["echo"]:
+            size = len(curl_config(url, method=verb, headers=headers, timeout=seconds))
+            script = curl_script(size, None if body is None else len(body))
+            print(incus_command(config, script), file=sys.stdout if options["dry"] else sys.stderr)
+            if options["dry"]:
+                return
+        response = runner_curl(
+            config, url, method=verb, headers=headers, data=body, timeout=seconds
+        )
+        print(f"HTTP {response.status}", file=sys.stderr, flush=True)
+        if json:
+            print(jsonlib.dumps(response_json(response), indent=2, ensure_ascii=False), flush=True)
+        else:
+            sys.stdout.buffer.write(response.body)
+            sys.stdout.buffer.flush()
+        if response.status >= 400 and not no_fail:
+            raise Exit(code=22)
+
+
+ns = Collection("k8s", kubectl, forward, curl)
 ns.configure({"dap": copy.deepcopy(DEFAULTS)})

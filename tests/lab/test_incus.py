@@ -192,12 +192,17 @@ def test_when_the_client_dies_only_the_top_process_is_killed(lab, marker):
 def test_when_the_client_dies_the_exec_server_side_goes_too(lab, marker):
     client = start_exec(lab, "sh", "-c", f"echo ready; sleep 1000; : {marker}")
     assert client.stdout.readline() == b"ready\n"
-    before = {pid for pid, _ in lab.processes("mgmt")}
+    [monitor] = [pid for pid, _ in find(lab, "mgmt", marker) if ppid(pid) == client.pid]
     client.kill()
     client.wait()
     wait_until(lambda: not find(lab, "runner", marker), what="the top process to be killed")
-    wait_until(lambda: not ({pid for pid, _ in lab.processes("mgmt")} - before - {client.pid})
-               and client.pid not in lab.pids("mgmt"), what="mgmt to hold nothing of the exec")
+    wait_until(lambda: monitor not in lab.pids("mgmt"), what="the exec's monitor to exit")
+    assert find(lab, "mgmt", marker) == []
+
+
+def test_stdin_passes_through_ssh_and_incus_to_its_eof(lab):
+    done = ssh(lab, "mgmt", f"incus exec {lab.vm_name} -- cat", input="one\ntwo\n")
+    assert (done.returncode, done.stdout) == (0, "one\ntwo\n")
 
 
 def test_killing_ssh_without_a_pty_leaves_command_and_client_running(lab, marker):

@@ -43,6 +43,9 @@ MAX_LAB_ID = 15
 SSHD = "/usr/sbin/sshd"
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CLUSTER_PORT = 6443
+# The system Python runs the runner's PID 1 and the incus program: the hosts' /root (and a
+# pyenv in it) is private, and its start-up is on the benchmark path.
+HOST_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 CLUSTER_TIMEOUT = 30.0
 BACKENDS = {
     "netns": "dapfab.testing.lab:NetnsRunner",
@@ -787,10 +790,9 @@ class NetnsRunner(RunnerBackend):
 
     def _install_client(self) -> None:
         source = (Path(__file__).parent / "incus.py").read_text()
-        python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
         source = source.replace('INSTANCES_FILE = ""', f"INSTANCES_FILE = {str(self.instances_file)!r}", 1)
         path = self.client_path
-        path.write_text(f"#!{python} -I\n{source}")
+        path.write_text(f"#!{HOST_PYTHON} -I\n{source}")
         path.chmod(0o755)
 
     def _write_instances(self, state: str, pid: int | None) -> None:
@@ -817,9 +819,8 @@ class NetnsRunner(RunnerBackend):
         init_file.write_text(RUNNER_INIT)
         script = (f'mount --bind "{self.home}" /root && echo "{self.vm_name}" > /proc/sys/kernel/hostname'
                   f' && {SYSCTLS} && : > "{ready}" && exec "$0" -I "$1" "{self.vm_name}"')
-        python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
         proc = lab._spawn(["ip", "netns", "exec", lab.netns("runner"), "unshare", "--pid", "--fork",
-                           "--mount-proc", "--uts", "--", "/bin/sh", "-c", script, python,
+                           "--mount-proc", "--uts", "--", "/bin/sh", "-c", script, HOST_PYTHON,
                            str(init_file)], log=self.dir / "init.log")
         _wait_for(lambda: ready.exists() or proc.poll() is not None, 10, "the runner's init")
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")

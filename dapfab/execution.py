@@ -267,10 +267,11 @@ class RemoteProcess:
         for thread in self._threads[:2]:
             thread.join(5.0)
         code = self.channel.recv_exit_status()
+        if code == -1:
+            # No exit-status ever came: the channel closed because a hop died under it.
+            raise self.link.lost_error()
         if not self.started.is_set():
             cfg = self.config
-            if code == -1:
-                raise self.link.lost_error()
             raise launcher.runner_failure(
                 code, bytes(self._early_stderr), incus=cfg.incus, vm_name=cfg.vm_name
             )

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,12 @@ KEEPALIVE_COUNT = 3  # unanswered intervals before the peer is declared dead
 
 
 class Keepalive(threading.Thread):
-    """Sends ``keepalive@openssh.com`` requests that want a reply; closes a silent transport."""
+    """Sends ``keepalive@openssh.com`` requests that want a reply; closes a silent transport.
+
+    ``pending_since`` is when the request now in flight was sent (None when answered): the
+    link uses it to blame the outermost silent hop, since an inner hop's requests travel
+    through the outer ones and go unanswered too.
+    """
 
     def __init__(self, transport: Any, label: str, on_dead: Any) -> None:
         super().__init__(name=f"dapfab-keepalive-{label}", daemon=True)
@@ -38,6 +44,7 @@ class Keepalive(threading.Thread):
         self.label = label
         self.on_dead = on_dead
         self.stopped = threading.Event()
+        self.pending_since: float | None = None
 
     def _ask(self, answered: threading.Event) -> None:
         try:
@@ -48,12 +55,16 @@ class Keepalive(threading.Thread):
     def run(self) -> None:
         while not self.stopped.wait(KEEPALIVE_INTERVAL) and self.transport.is_active():
             answered = threading.Event()
+            self.pending_since = time.monotonic()
             threading.Thread(target=self._ask, args=(answered,), daemon=True).start()
             if not answered.wait(KEEPALIVE_INTERVAL * KEEPALIVE_COUNT):
-                silent = KEEPALIVE_INTERVAL * (KEEPALIVE_COUNT + 1)
-                self.on_dead(f"{self.label} stopped answering keepalives for {silent:.0f} s")
+                if self.stopped.is_set():
+                    return
+                silent = KEEPALIVE_INTERVAL * KEEPALIVE_COUNT
+                self.on_dead(f"no reply to keepalives for {silent:.0f} s", self)
                 self.transport.close()
                 return
+            self.pending_since = None
 
 
 def _set_nodelay(transport: Any) -> None:
@@ -168,6 +179,23 @@ def _is_encrypted(path: str, head: bytes) -> bool:
     return False
 
 
+def _apply_connect_settings(hop: Any, timeout: float, connect_kwargs: dict[str, Any]) -> None:
+    """Give a hop Fabric built from ssh_config ``ProxyJump`` the same timeouts and key.
+
+    Fabric creates those gateway connections with no connect timeout (an unreachable jump
+    host would hang for the kernel's TCP timeout) and without the configured key.
+    """
+    if hop.connect_timeout is None:
+        hop.connect_timeout = timeout
+    for name, value in connect_kwargs.items():
+        if name == "key_filename":
+            keys = hop.connect_kwargs.get("key_filename") or []
+            keys = [keys] if isinstance(keys, str) else list(keys)
+            hop.connect_kwargs["key_filename"] = keys + [k for k in value if k not in keys]
+        else:
+            hop.connect_kwargs.setdefault(name, value)
+
+
 class Link:
     """One SSH connection to the management host, with the gateway hops it needs."""
 
@@ -175,6 +203,7 @@ class Link:
         self.config = config
         self.sessions = 0
         self.dead_reason: str | None = None
+        self.dead_hop: str | None = None  # label of the hop whose keepalives went unanswered
         self._keepalives: list[Keepalive] = []
         self._connections: list[Any] = []
         self.transport: Any = None
@@ -186,8 +215,19 @@ class Link:
             if self.transport is None:
                 self.open()
 
-    def _mark_dead(self, reason: str) -> None:
-        self.dead_reason = self.dead_reason or reason
+    def _mark_dead(self, reason: str, keepalive: Keepalive) -> None:
+        """Record why the link died, blaming the outermost hop that is silent too."""
+        hop = keepalive.label
+        now = time.monotonic()
+        for outer in self._keepalives:
+            if outer is keepalive:
+                break
+            since = outer.pending_since
+            if since is not None and now - since > KEEPALIVE_INTERVAL / 2:
+                hop = outer.label
+                break
+        if self.dead_reason is None:
+            self.dead_reason, self.dead_hop = reason, hop
 
     def open(self) -> None:
         """Connect every hop, gateway first, checking host keys; raise DapError on failure."""
@@ -238,6 +278,7 @@ class Link:
                 hashed=hash_known_hosts_wanted(hop.ssh_config),
             )
             hop.gateway = None
+            _apply_connect_settings(hop, timeout, connect_kwargs)
             if sock is not None:
                 hop.connect_kwargs["sock"] = sock
             try:
@@ -288,7 +329,7 @@ class Link:
         reason = self.dead_reason or what
         return SSHError(
             reason,
-            hop=f"ssh {self.config.ssh_host}",
+            hop=f"ssh {self.dead_hop or 'management host ' + self.config.ssh_host}",
             hint="check the network path to the gateway and the management host",
         )
 

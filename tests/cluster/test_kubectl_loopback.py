@@ -123,6 +123,8 @@ def test_port_forward_to_the_pod_on_a_fixed_port(cluster: LoopbackCluster) -> No
     echo = json.loads(r.stdout)
     assert (echo["method"], echo["path"], echo["query"], echo["body"]) == ("PUT", "/echo/me", "q=1", "héllo $x")
     assert echo["headers"]["x-test"] == "a b"
+    upgrades = [e["status"] for e in requests_log(cluster) if e.get("path", "").endswith("/pods/web/portforward")]
+    assert upgrades[-2:] == [400, 101]  # WebSocket refused, then SPDY/3.1
 
 
 def test_port_forward_to_the_service_on_a_random_port(cluster: LoopbackCluster) -> None:
@@ -216,6 +218,7 @@ def test_get_watch_prints_a_restart_as_a_new_row(cluster: LoopbackCluster) -> No
         stop(watch)
     assert first[0] == second[0] == "web"
     assert int(second[3]) == int(first[3]) + 1
+    assert second[4].startswith("(") and second[5] == "ago)"  # RESTARTS: "1 (0s ago)"
 
 
 def test_events_describe_the_web_pod(cluster: LoopbackCluster) -> None:

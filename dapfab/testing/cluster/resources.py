@@ -300,7 +300,11 @@ def _col(name: str, type_: str = "string", priority: int = 0, fmt: str = "", des
 def _pod_cells(p: Obj) -> list[Any]:
     statuses = p.get("status", {}).get("containerStatuses", [])
     ready = sum(1 for s in statuses if s.get("ready"))
-    restarts = sum(s.get("restartCount", 0) for s in statuses)
+    restarts: int | str = sum(s.get("restartCount", 0) for s in statuses)
+    finished = [s["lastState"]["terminated"]["finishedAt"] for s in statuses
+                if s.get("lastState", {}).get("terminated", {}).get("finishedAt")]
+    if restarts and finished:
+        restarts = f"{restarts} ({human_age(max(finished))} ago)"
     return [p["metadata"]["name"], f"{ready}/{len(statuses)}", p.get("status", {}).get("phase", "Pending"),
             restarts, human_age(p["metadata"]["creationTimestamp"]),
             p.get("status", {}).get("podIP", "<none>"), p.get("spec", {}).get("nodeName", "<none>"),

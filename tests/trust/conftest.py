@@ -1,0 +1,51 @@
+"""Fixtures of the trust tests (the lab fixtures come from the dapfab_lab plugin)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from trust_helpers import PLUGINS, REPO, Done, cli_argv, cli_env, wait_no_leftovers
+
+from dapfab.quoting import join
+
+
+@pytest.fixture
+def cli(lab):
+    """Run ``inv`` (the repo's tasks.py) or ``dap`` against the lab; returns :class:`Done`."""
+
+    def run(*argv: str, program: str = "invoke", cwd: Path = REPO, env: dict | None = None,
+            drop: tuple[str, ...] = (), input: bytes | None = None, timeout: float = 120) -> Done:
+        start = time.monotonic()
+        done = subprocess.run(cli_argv(*argv, program=program), cwd=cwd,
+                              env=cli_env(lab, env, drop), input=input, capture_output=True,
+                              timeout=timeout)
+        return Done(done.returncode, done.stdout, done.stderr, time.monotonic() - start)
+
+    return run
+
+
+@pytest.fixture
+def plugins(lab, runner_config) -> Iterator[None]:
+    """Install the kubectl plugins of these tests in the runner user's ~/bin."""
+    from dapfab.execution import run_in_runner
+
+    script = [
+        "mkdir -p ~/bin",
+        "{ grep -qs dapfab-test ~/.profile || echo 'PATH=$HOME/bin:$PATH # dapfab-test' >> ~/.profile; }",
+    ]
+    for name, body in PLUGINS.items():
+        script.append(f"printf %s {join([body])} > ~/bin/{name} && chmod +x ~/bin/{name}")
+    run_in_runner(runner_config, " && ".join(script), hide=True)
+    yield
+
+
+@pytest.fixture
+def clean_lab(lab) -> Iterator:
+    """The lab with nothing of an earlier command running on mgmt or in the runner."""
+    left = wait_no_leftovers(lab, 30)
+    assert left == {"mgmt": [], "runner": []}, f"an earlier test left {left}"
+    yield lab

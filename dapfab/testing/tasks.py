@@ -56,5 +56,13 @@ def status(c, lab_id=None, backend=None):
     print(f"  inv -f {info['runtime_config']}; ssh -F {info['ssh_config']} mgmt")
 
 
-lab = Collection("lab", up, down, status)
+@task(help=HELP, auto_shortflags=False)
+def demo(c, lab_id=None, backend=None):
+    """Run k8s.kubectl, k8s.curl and a k8s.forward round trip against the lab, showing each."""
+    from dapfab.testing.demo import run_demo
+
+    run_demo(_lab(None if lab_id is None else int(lab_id), backend))
+
+
+lab = Collection("lab", up, down, status, demo)
 ns = lab

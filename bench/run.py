@@ -1,0 +1,449 @@
+"""dapfab against OpenSSH on the lab path (laptop → bastion → mgmt → incus → runner).
+
+Run as root from the repository: ``python3 bench/run.py`` (options: ``--lab-id N`` (default
+``$DAPFAB_LAB_ID`` or 7), ``--reuse`` to use a lab that is already up and leave it up,
+``--rows 1,2,...``, ``--quick`` for fewer repetitions, ``--no-write``).
+
+Every row runs both sides in the same process run, pairs interleaved (A B A B ...) so drift
+cancels, and reports medians. The table goes to stdout and into ``bench/RESULTS.md`` (the
+part above the ``<!-- notes -->`` marker; the notes below it are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+WORKERS = str(REPO / "bench" / "workers.py")
+RESULTS = REPO / "bench" / "RESULTS.md"
+MIB = 1 << 20
+NOTES_MARKER = "<!-- notes -->"
+SOURCE_PORT = 9002  # the demo pod's port that sends N pattern bytes after a line with N
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    number: int
+    name: str
+    ours: str = "-"
+    theirs: str = "-"
+    ratio: float | None = None
+    goal: str = ""
+    passed: bool | None = None
+    note: str = ""
+
+    def cells(self) -> list[str]:
+        ratio = "-" if self.ratio is None else f"{self.ratio:.2f}"
+        verdict = {True: "pass", False: "FAIL", None: "not measured"}[self.passed]
+        return [str(self.number), self.name, self.ours, self.theirs, ratio, self.goal, verdict]
+
+
+def check(value: float, goal: str) -> bool:
+    """Whether ``value`` meets ``goal`` (``<= x`` or ``>= x``)."""
+    op, limit = goal.split()
+    return value <= float(limit) if op == "<=" else value >= float(limit)
+
+
+def run_process(argv: list[str], *, cwd: str | None = None, env: dict[str, str] | None = None,
+                stdin: int | None = subprocess.DEVNULL, stdout: int | None = subprocess.DEVNULL,
+                sink: bool = False) -> tuple[float, int, int, bytes]:
+    """Run argv; (wall seconds, peak RSS KiB of the process itself, exit code, stdout bytes
+    counted when ``sink``)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=stdin,
+                            stdout=subprocess.PIPE if sink else stdout)
+    out = b""
+    if sink:
+        assert proc.stdout is not None
+        total = 0
+        while chunk := os.read(proc.stdout.fileno(), MIB):
+            total += len(chunk)
+        proc.stdout.close()
+        out = str(total).encode()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_maxrss, proc.returncode, out
+
+
+def interleave(runs: int, ours: Callable[[], float], theirs: Callable[[], float]) -> tuple[list[float], list[float]]:
+    """A B A B ...: ``runs`` figures of each side."""
+    a: list[float] = []
+    b: list[float] = []
+    for _ in range(runs):
+        a.append(ours())
+        b.append(theirs())
+    return a, b
+
+
+class Bench:
+    """The lab, the two projects (dapfab's tasks, an empty tasks.py) and the rows."""
+
+    def __init__(self, lab: object, quick: bool) -> None:
+        self.lab = lab
+        self.quick = quick
+        self.tmp = Path(tempfile.mkdtemp(prefix="dapfab-bench-"))
+        self.project = self.tmp / "project"
+        self.empty = self.tmp / "empty"
+        self.project.mkdir()
+        self.empty.mkdir()
+        (self.project / "tasks.py").write_text(
+            "from invoke import Collection\n\n"
+            "from dapfab.tasks import config_ns, k8s_ns\n\n"
+            "ns = Collection(k8s_ns, config_ns)\n"
+        )
+        # Invoke refuses a tasks.py without tasks: the baseline has one trivial task.
+        (self.empty / "tasks.py").write_text(
+            "from invoke import task\n\n\n@task\ndef hello(c):\n    pass\n"
+        )
+        self.curl_url = f"http://{lab.cluster_address}:8080/status/200"  # type: ignore[attr-defined]
+        self.env = dict(os.environ, **lab.env())  # type: ignore[attr-defined]
+        self.env.pop("DAP_RUNNER", None)
+        self.vm = lab.vm_name  # type: ignore[attr-defined]
+        self.incus = lab.incus  # type: ignore[attr-defined]
+        self.ssh = ["ssh", "-F", lab.ssh_config]  # type: ignore[attr-defined]
+        self.control = str(self.tmp / "cm.sock")
+        self.inv = [sys.executable, "-m", "invoke"]
+        which = subprocess.run(["sh", "-c", "command -v inv"], capture_output=True, text=True)
+        if which.stdout.strip():
+            self.inv = [which.stdout.strip()]
+
+    def remote(self, code: str) -> str:
+        """What OpenSSH runs on mgmt: ``incus exec VM -- bash -lc CODE``."""
+        return f"{self.incus} exec {self.vm} -- bash -lc {shlex.quote(code)}"
+
+    # -- ControlMaster -------------------------------------------------------------------
+    def master_up(self) -> None:
+        subprocess.run(self.ssh + ["-o", "ControlMaster=yes", "-o", f"ControlPath={self.control}",
+                                   "-o", "ControlPersist=yes", "-N", "-f", "mgmt"], check=True,
+                       stdin=subprocess.DEVNULL)
+
+    def master_down(self) -> None:
+        subprocess.run(self.ssh + ["-o", f"ControlPath={self.control}", "-O", "exit", "mgmt"],
+                       capture_output=True)
+
+    def via_master(self) -> list[str]:
+        return self.ssh + ["-o", f"ControlPath={self.control}", "-o", "ControlMaster=no"]
+
+    # -- rows ----------------------------------------------------------------------------
+    def cold(self, runs: int) -> tuple[Row, Row]:
+        """Rows 1 and 8: a cold ``inv k8s.kubectl -- get pods`` as a whole process."""
+        rss: list[int] = []
+
+        def ours() -> float:
+            wall, peak, code, _ = run_process(self.inv + ["k8s.kubectl", "--", "get", "pods"],
+                                              cwd=str(self.project), env=self.env)
+            assert code == 0, f"inv k8s.kubectl exited {code}"
+            rss.append(peak)
+            return wall
+
+        def theirs() -> float:
+            wall, _, code, _ = run_process(self.ssh + ["mgmt", self.remote("kubectl get pods")])
+            assert code == 0, f"ssh exited {code}"
+            return wall
+
+        a, b = interleave(runs, ours, theirs)
+        ma, mb = statistics.median(a), statistics.median(b)
+        row1 = Row(1, "cold `inv k8s.kubectl -- get pods`", f"{ma * 1000:.0f} ms",
+                   f"{mb * 1000:.0f} ms", ma / mb, "<= 1.25")
+        row1.passed = check(row1.ratio, row1.goal)  # type: ignore[arg-type]
+        peak = max(rss) / 1024
+        row8 = Row(8, "peak RSS, cold `inv k8s.kubectl -- get pods`", f"{peak:.1f} MiB", "-",
+                   None, "<= 60 MiB", peak <= 60)
+        return row1, row8
+
+    def warm(self, runs: int, calls: int) -> Row:
+        """Row 2: per call, ``run_in_runner(cfg, 'true')`` vs ssh over a ControlMaster."""
+
+        def ours() -> float:
+            out = subprocess.run([sys.executable, WORKERS, "warm", str(calls)], env=self.env,
+                                 capture_output=True, text=True, check=True)
+            return json.loads(out.stdout.strip().splitlines()[-1])["per_call"]
+
+        def theirs() -> float:
+            argv = self.via_master() + ["mgmt", self.remote("true")]
+            start = time.perf_counter()
+            for _ in range(calls):
+                subprocess.run(argv, check=True, stdin=subprocess.DEVNULL)
+            return (time.perf_counter() - start) / calls
+
+        self.master_up()
+        try:
+            a, b = interleave(runs, ours, theirs)
+        finally:
+            self.master_down()
+        ma, mb = statistics.median(a), statistics.median(b)
+        row = Row(2, f"warm: {calls} × `run_in_runner(cfg, 'true')`, per call",
+                  f"{ma * 1000:.1f} ms", f"{mb * 1000:.1f} ms", ma / mb, "<= 0.8")
+        row.passed = check(row.ratio, row.goal)  # type: ignore[arg-type]
+        return row
+
+    def stdin(self, runs: int, size: int) -> Row:
+        """Row 3: ``size`` bytes of stdin into ``cat >/dev/null`` in the runner."""
+
+        def piped(argv: list[str]) -> float:
+            start = time.perf_counter()
+            head = subprocess.Popen(["head", "-c", str(size), "/dev/zero"], stdout=subprocess.PIPE)
+            wall, _, code, _ = run_process(argv, env=self.env, stdin=head.stdout)
+            assert head.stdout is not None
+            head.stdout.close()
+            head.wait()
+            assert code == 0, f"{argv[0]} exited {code}"
+            del wall
+            return time.perf_counter() - start
+
+        a, b = interleave(
+            runs,
+            lambda: piped([sys.executable, WORKERS, "stdin"]),
+            lambda: piped(self.ssh + ["mgmt", f"{self.incus} exec {self.vm} -- sh -c 'cat >/dev/null'"]),
+        )
+        ta, tb = size / MIB / statistics.median(a), size / MIB / statistics.median(b)
+        row = Row(3, f"stdin: {size // MIB} MiB into `cat >/dev/null`", f"{ta:.0f} MiB/s",
+                  f"{tb:.0f} MiB/s", ta / tb, ">= 0.7")
+        row.passed = check(row.ratio, row.goal)  # type: ignore[arg-type]
+        return row
+
+    def stdout(self, runs: int, size: int) -> Row:
+        """Row 4: ``size`` bytes from the runner to the laptop's stdout; peak RSS of ours."""
+        rss: list[int] = []
+
+        def ours() -> float:
+            wall, peak, code, out = run_process([sys.executable, WORKERS, "stdout", str(size)],
+                                                env=self.env, sink=True)
+            assert code == 0 and int(out) == size, (code, out)
+            rss.append(peak)
+            return wall
+
+        def theirs() -> float:
+            argv = self.ssh + ["mgmt", f"{self.incus} exec {self.vm} -- head -c {size} /dev/zero"]
+            wall, _, code, out = run_process(argv, sink=True)
+            assert code == 0 and int(out) == size, (code, out)
+            return wall
+
+        a, b = interleave(runs, ours, theirs)
+        ta, tb = size / MIB / statistics.median(a), size / MIB / statistics.median(b)
+        peak = max(rss) / 1024
+        row = Row(4, f"stdout: {size // MIB} MiB to the laptop (peak RSS {peak:.0f} MiB, goal <= 80)",
+                  f"{ta:.0f} MiB/s", f"{tb:.0f} MiB/s", ta / tb, ">= 0.7")
+        row.passed = check(row.ratio, row.goal) and peak <= 80  # type: ignore[arg-type]
+        return row
+
+    def bridge(self, runs: int, size: int) -> Row:
+        """Row 5: ``size`` bytes through ``k8s.forward --laptop-port`` vs socat + ssh relays."""
+        row = Row(5, f"laptop bridge: {size // MIB} MiB through `k8s.forward --laptop-port`",
+                  goal=">= 0.75")
+        forward = subprocess.Popen(
+            self.inv + ["k8s.forward", "pod/web", str(SOURCE_PORT), "--laptop-port", "0"],
+            cwd=str(self.project), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL, text=True)
+        socat = None
+        try:
+            ports: dict[str, int] = {}
+            deadline = time.monotonic() + 60
+            assert forward.stdout is not None
+            while len(ports) < 2 and time.monotonic() < deadline:
+                line = forward.stdout.readline()
+                if not line:
+                    break
+                if line.startswith("Forwarding from 127.0.0.1:"):
+                    port = int(line.split(":", 2)[1].split()[0])
+                    ports["laptop" if "(laptop)" in line else "runner"] = port
+            if len(ports) < 2:
+                row.note = "k8s.forward --laptop-port did not report both ports"
+                return row
+            relay = (f"exec 3<>/dev/tcp/127.0.0.1/{ports['runner']} || exit 111\n"
+                     "cat <&0 >&3 &\nexec cat <&3\n")
+            script = self.tmp / "relay.sh"
+            script.write_text("#!/bin/sh\nexec " + shlex.join(
+                self.ssh + ["mgmt", f"{self.incus} exec {self.vm} -- bash -c {shlex.quote(relay)}"]
+            ) + "\n")
+            script.chmod(0o755)
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                socat_port = probe.getsockname()[1]
+            socat = subprocess.Popen(
+                ["socat", f"TCP-LISTEN:{socat_port},bind=127.0.0.1,reuseaddr,fork",
+                 f"EXEC:{script}"], stdin=subprocess.DEVNULL)
+            time.sleep(0.3)
+
+            def pull(port: int) -> float:
+                start = time.perf_counter()
+                with socket.create_connection(("127.0.0.1", port), timeout=120) as conn:
+                    conn.sendall(b"%d\n" % size)
+                    total = 0
+                    buf = bytearray(MIB)
+                    while n := conn.recv_into(buf):
+                        total += n
+                wall = time.perf_counter() - start
+                assert total == size, f"got {total} of {size} bytes"
+                return wall
+
+            a, b = interleave(runs, lambda: pull(ports["laptop"]), lambda: pull(socat_port))
+        finally:
+            if socat is not None:
+                socat.terminate()
+                socat.wait()
+            forward.terminate()
+            try:
+                forward.wait(30)
+            except subprocess.TimeoutExpired:
+                forward.kill()
+                forward.wait()
+        ta, tb = size / MIB / statistics.median(a), size / MIB / statistics.median(b)
+        row.ours, row.theirs, row.ratio = f"{ta:.0f} MiB/s", f"{tb:.0f} MiB/s", ta / tb
+        row.passed = check(row.ratio, row.goal)
+        return row
+
+    def curl(self, runs: int, count: int) -> Row:
+        """Row 6: ``count`` runner_curl calls at once vs ``xargs -P 10`` over a ControlMaster."""
+        failed = {"ours": 0, "theirs": 0}
+
+        def ours() -> float:
+            start = time.perf_counter()
+            out = subprocess.run([sys.executable, WORKERS, "curl", self.curl_url, str(count)],
+                                 env=self.env, capture_output=True, text=True, check=True)
+            wall = time.perf_counter() - start
+            failed["ours"] += json.loads(out.stdout.strip().splitlines()[-1])["failures"]
+            return wall
+
+        def theirs() -> float:
+            start = time.perf_counter()
+            self.master_up()
+            cmd = shlex.join(self.via_master() + [
+                "mgmt", f"{self.incus} exec {self.vm} -- curl -sS -f -o /dev/null {self.curl_url}"])
+            proc = subprocess.run(["xargs", "-P", "10", "-I{}", "sh", "-c", cmd + " || echo FAIL"],
+                                  input="\n".join(str(i) for i in range(count)) + "\n",
+                                  text=True, capture_output=True)
+            self.master_down()
+            wall = time.perf_counter() - start
+            failed["theirs"] += proc.stdout.count("FAIL") + (proc.returncode != 0)
+            return wall
+
+        a, b = interleave(runs, ours, theirs)
+        ma, mb = statistics.median(a), statistics.median(b)
+        row = Row(6, f"{count} `runner_curl` at once (failures: ours {failed['ours']}, "
+                  f"OpenSSH {failed['theirs']})", f"{ma * 1000:.0f} ms", f"{mb * 1000:.0f} ms",
+                  ma / mb, "<= 1.0")
+        row.passed = check(row.ratio, row.goal) and failed["ours"] == 0  # type: ignore[arg-type]
+        return row
+
+    def listing(self, runs: int) -> Row:
+        """Row 7: ``inv --list`` with the dapfab collection vs an empty tasks.py."""
+
+        def listed(cwd: Path) -> float:
+            wall, _, code, _ = run_process(self.inv + ["--list"], cwd=str(cwd), env=self.env)
+            assert code == 0, f"inv --list exited {code}"
+            return wall
+
+        a, b = interleave(runs, lambda: listed(self.project), lambda: listed(self.empty))
+        ma, mb = statistics.median(a), statistics.median(b)
+        row = Row(7, "`inv --list`: dapfab collection vs empty tasks.py", f"{ma * 1000:.0f} ms",
+                  f"{mb * 1000:.0f} ms", ma / mb, "<= 1.1")
+        row.passed = check(row.ratio, row.goal)  # type: ignore[arg-type]
+        return row
+
+
+def table(rows: list[Row]) -> str:
+    head = ["#", "benchmark", "dapfab", "OpenSSH", "ratio", "goal", "result"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for row in sorted(rows, key=lambda r: r.number):
+        cells = row.cells()
+        if row.note:
+            cells[-1] += f" ({row.note})"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_results(text: str, command: str) -> None:
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "dapfab"],
+                           capture_output=True, text=True).stdout.strip()
+    notes = ""
+    if RESULTS.exists():
+        old = RESULTS.read_text()
+        if NOTES_MARKER in old:
+            notes = old[old.index(NOTES_MARKER):]
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    RESULTS.write_text(
+        "# dapfab against OpenSSH on the lab path\n\n"
+        f"Measured {when} at commit {commit}{' (dapfab/ modified)' if dirty else ''}, "
+        f"with `{command}` (ratio = dapfab / OpenSSH for times, dapfab / OpenSSH for "
+        "throughput; medians of interleaved runs).\n\n"
+        f"{text}\n\n" + (notes or NOTES_MARKER + "\n")
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lab-id", type=int, default=int(os.environ.get("DAPFAB_LAB_ID") or 7))
+    parser.add_argument("--reuse", action="store_true", help="use a lab that is up; leave it up")
+    parser.add_argument("--rows", default="1,2,3,4,5,6,7,8")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    args = parser.parse_args()
+    os.environ["DAPFAB_LAB_ID"] = str(args.lab_id)
+    sys.path.insert(0, str(REPO))
+    from dapfab.testing.lab import Lab
+
+    wanted = {int(n) for n in args.rows.split(",")}
+    lab = Lab(args.lab_id)
+    reuse = args.reuse and lab.status().get("up")
+    if not reuse:
+        print(f"bringing lab {args.lab_id} up ...", file=sys.stderr)
+        lab.up()
+    bench = Bench(lab, args.quick)
+    q = args.quick
+    rows: list[Row] = []
+    steps: list[tuple[set[int], Callable[[], None]]] = [
+        ({1, 8}, lambda: rows.extend(r for r in bench.cold(3 if q else 7) if r.number in wanted)),
+        ({7}, lambda: rows.append(bench.listing(5 if q else 11))),
+        ({2}, lambda: rows.append(bench.warm(1 if q else 3, 50 if q else 200))),
+        ({3}, lambda: rows.append(bench.stdin(1 if q else 3, 256 * MIB))),
+        ({4}, lambda: rows.append(bench.stdout(1 if q else 3, 256 * MIB))),
+        ({5}, lambda: rows.append(bench.bridge(1 if q else 3, 1024 * MIB))),
+        ({6}, lambda: rows.append(bench.curl(1 if q else 5, 50))),
+    ]
+    try:
+        for numbers, step in steps:
+            if numbers & wanted:
+                started = time.monotonic()
+                try:
+                    step()
+                except Exception as exc:  # one broken row must not lose the others
+                    for n in sorted(numbers & wanted):
+                        rows.append(Row(n, f"row {n}", note=f"failed: {exc!r}"[:200]))
+                print(f"rows {sorted(numbers & wanted)}: {time.monotonic() - started:.0f} s",
+                      file=sys.stderr)
+    finally:
+        bench.master_down()
+        if not reuse:
+            lab.down()
+    text = table(rows)
+    print(text)
+    if not args.no_write:
+        command = "python3 bench/run.py" + "".join(
+            f" {a}" for a in sys.argv[1:])
+        write_results(text, command)
+    return 0 if all(r.passed for r in rows) else 1
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "bench"
+    sys.exit(main())

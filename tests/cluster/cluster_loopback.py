@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import random
 import re
-import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,36 +53,48 @@ class LoopbackCluster:
                               env=self.env(), timeout=timeout)
 
     @contextlib.contextmanager
-    def port_forward(self, *args: str) -> Iterator[tuple[subprocess.Popen[str], list[int]]]:
-        """Run ``kubectl port-forward ARGS``; yield it and its local ports once it listens."""
+    def port_forward(self, *args: str) -> Iterator[tuple[subprocess.Popen[str], list[int], list[str]]]:
+        """Run ``kubectl port-forward ARGS``; yield it, its local ports and its output lines."""
         proc = subprocess.Popen(self.argv("port-forward", *args), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, env=self.env())
+        output: list[str] = []
         try:
-            yield proc, wait_forwarding(proc, expected=sum(1 for a in args if ":" in a))
+            yield proc, wait_forwarding(proc, sum(1 for a in args if ":" in a), output), output
         finally:
             stop(proc)
 
 
-def wait_forwarding(proc: subprocess.Popen[str], expected: int, deadline: float = 30) -> list[int]:
-    """Read kubectl port-forward's output until it reports ``expected`` IPv4 listeners."""
-    assert proc.stdout is not None
+def wait_forwarding(proc: subprocess.Popen[str], expected: int, output: list[str],
+                    deadline: float = 30) -> list[int]:
+    """Read kubectl port-forward's output until it reports ``expected`` IPv4 listeners.
+
+    A thread keeps appending every output line to ``output`` until the process ends.
+    """
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line)
+            lines.put(line)
+        lines.put("")
+
+    threading.Thread(target=read, daemon=True).start()
     ports: list[int] = []
+    seen = []
     end = time.monotonic() + deadline
-    lines = []
     while len(ports) < expected and time.monotonic() < end:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
-        if not ready:
-            if proc.poll() is not None:
-                break
-            continue
-        line = proc.stdout.readline()
+        try:
+            line = lines.get(timeout=max(0.1, end - time.monotonic()))
+        except queue.Empty:
+            break
         if not line:
             break
-        lines.append(line)
+        seen.append(line)
         m = re.match(r"Forwarding from 127\.0\.0\.1:(\d+) ->", line)
         if m:
             ports.append(int(m.group(1)))
-    assert len(ports) == expected, f"port-forward did not start: {''.join(lines)!r}"
+    assert len(ports) == expected, f"port-forward did not start: {''.join(seen)!r}"
     return ports
 
 

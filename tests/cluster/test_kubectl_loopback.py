@@ -116,7 +116,7 @@ def test_server_side_apply_sends_an_apply_patch(cluster: LoopbackCluster) -> Non
 
 def test_port_forward_to_the_pod_on_a_fixed_port(cluster: LoopbackCluster) -> None:
     port = free_port()
-    with cluster.port_forward("pod/web", f"{port}:8080") as (_proc, ports):
+    with cluster.port_forward("pod/web", f"{port}:8080") as (_proc, ports, _out):
         assert ports == [port]
         r = curl("-X", "PUT", "--data-binary", "héllo $x", "-H", "X-Test: a b", f"http://127.0.0.1:{port}/echo/me?q=1")
     assert r.returncode == 0, r.stderr
@@ -128,7 +128,7 @@ def test_port_forward_to_the_pod_on_a_fixed_port(cluster: LoopbackCluster) -> No
 
 
 def test_port_forward_to_the_service_on_a_random_port(cluster: LoopbackCluster) -> None:
-    with cluster.port_forward("svc/web", ":80") as (_proc, (port,)):
+    with cluster.port_forward("svc/web", ":80") as (_proc, (port,), _out):
         r = curl("-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{port}/status/204")
         binary = curl(f"http://127.0.0.1:{port}/binary")
     assert r.stdout == b"204"
@@ -137,7 +137,7 @@ def test_port_forward_to_the_service_on_a_random_port(cluster: LoopbackCluster) 
 
 def test_a_large_download_through_a_forward_arrives_intact(cluster: LoopbackCluster) -> None:
     size = 200 << 20
-    with cluster.port_forward("pod/web", ":8080") as (_proc, (port,)):
+    with cluster.port_forward("pod/web", ":8080") as (_proc, (port,), _out):
         start = time.monotonic()
         r = curl(f"http://127.0.0.1:{port}/bytes/{size}", timeout=120)
         elapsed = time.monotonic() - start
@@ -150,7 +150,7 @@ def test_a_large_download_through_a_forward_arrives_intact(cluster: LoopbackClus
 
 
 def test_many_concurrent_connections_through_one_forward(cluster: LoopbackCluster) -> None:
-    with cluster.port_forward("pod/web", ":8080") as (_proc, (port,)):
+    with cluster.port_forward("pod/web", ":8080") as (_proc, (port,), _out):
         procs = [subprocess.Popen(["curl", "-sS", "--max-time", "60", f"http://127.0.0.1:{port}/n/{i}"],
                                   stdout=subprocess.PIPE) for i in range(40)]
         outs = [p.communicate(timeout=90)[0] for p in procs]
@@ -158,10 +158,14 @@ def test_many_concurrent_connections_through_one_forward(cluster: LoopbackCluste
 
 
 def test_a_dial_failure_is_reported_and_ends_the_forward(cluster: LoopbackCluster) -> None:
-    with cluster.port_forward("pod/web", ":8089") as (proc, (port,)):  # nothing listens on 8089
+    with cluster.port_forward("pod/web", ":8089") as (proc, (port,), output):  # nothing listens on 8089
         curl(f"http://127.0.0.1:{port}/")
-        out, _ = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+        end = time.monotonic() + 10  # the reader thread takes the last lines after the exit
+        while "lost connection" not in "".join(output) and time.monotonic() < end:
+            time.sleep(0.05)
     assert proc.returncode == 1
+    out = "".join(output)
     assert "connection refused" in out and "lost connection to pod" in out
 
 
@@ -189,7 +193,7 @@ def test_restart_pod_starts_a_new_process_and_counts_the_restart(cluster: Loopba
     assert after["pid"] != before["pid"]
     restarts = cluster.kubectl("get", "pod", "web", "-o", "jsonpath={.status.containerStatuses[0].restartCount}")
     assert restarts.stdout == str(generation)
-    with cluster.port_forward("pod/web", ":8080") as (_proc, (port,)):
+    with cluster.port_forward("pod/web", ":8080") as (_proc, (port,), _out):
         echo = json.loads(curl(f"http://127.0.0.1:{port}/").stdout)
     assert echo["generation"] == generation
 

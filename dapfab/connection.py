@@ -114,6 +114,13 @@ def _connect_error(exc: BaseException, label: str, target: str, timeout: float) 
             hop=hop,
             hint="check the host name in dap.runner.ssh_host / dap.runner.gateway",
         )
+    if isinstance(exc, paramiko.SSHException) and "Timeout opening channel" in str(exc):
+        return SSHError(
+            f"no answer from {target} through the gateway within {timeout:g} s",
+            hop=hop,
+            hint="check that the management host is up and reachable from the gateway, "
+            "or raise dap.ssh.connect_timeout",
+        )
     if isinstance(exc, paramiko.ChannelException):
         return SSHError(
             f"the gateway could not open a connection to {target} ({exc.text})",
@@ -142,7 +149,8 @@ def check_key_file(config: RunnerConfig) -> str | None:
             f"SSH key {path} does not exist",
             hint="fix dap.runner.ssh_key / DAP_RUNNER_SSH_KEY or run `inv config.init`",
         )
-    if os.path.isdir(path) or not os.access(path, os.R_OK):
+    # Not only a directory: opening a FIFO or a device would block or read forever.
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
         raise ConfigError(
             f"SSH key {path} is not a readable file",
             hint="point dap.runner.ssh_key at a private key file you can read",

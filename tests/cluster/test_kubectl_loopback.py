@@ -229,3 +229,16 @@ def test_events_describe_the_web_pod(cluster: LoopbackCluster) -> None:
     r = cluster.kubectl("describe", "pod", "web")
     assert r.returncode == 0, r.stderr
     assert "Successfully assigned default/web" in r.stdout
+
+
+def test_a_pod_process_that_dies_is_restarted_like_a_kubelet_would(cluster: LoopbackCluster) -> None:
+    before = cluster_status(cluster.state_dir)["pods"]["default/web"]
+    os.kill(before["pid"], 9)
+    deadline = time.monotonic() + 30
+    after = before
+    while (after["generation"] == before["generation"] or after["restarting"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        after = cluster_status(cluster.state_dir)["pods"]["default/web"]
+    assert after["generation"] == before["generation"] + 1 and after["pid"] != before["pid"]
+    restarts = cluster.kubectl("get", "pod", "web", "-o", "jsonpath={.status.containerStatuses[0].restartCount}")
+    assert restarts.stdout == str(after["generation"])

@@ -181,6 +181,11 @@ class APIServer:
             code, body, ctype = self.route(req)
         except HTTPError as exc:
             code, body, ctype = exc.status["code"], exc.status, "application/json"
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug or odd input: answer it, keep serving
+            code, ctype = 500, "application/json"
+            body = resources.status(500, "InternalError", f"{type(exc).__name__}: {exc}")
         self._log(req, token, code)
         if isinstance(body, (bytes, str)):
             data = body.encode() if isinstance(body, str) else body

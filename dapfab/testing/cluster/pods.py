@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,9 @@ class PodProcess:
     ready_port: int
     log_path: Path
     generation: int = 0
+    restarting: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    on_restart: Callable[[PodProcess], None] | None = field(default=None, repr=False)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def spawn(self) -> None:
@@ -77,10 +81,22 @@ class PodProcess:
 
     async def restart(self, gap: float = 0.5) -> None:
         """Stop, stay down for ``gap`` seconds, start a new process (next generation)."""
-        await asyncio.to_thread(self.stop)
-        await asyncio.sleep(gap)
-        self.generation += 1
-        await self.start()
+        async with self.lock:
+            self.restarting = True
+            try:
+                await asyncio.to_thread(self.stop)
+                await asyncio.sleep(gap)
+                self.generation += 1
+                await self.start()
+                if self.on_restart is not None:
+                    self.on_restart(self)
+            finally:
+                self.restarting = False
+
+    def exited(self) -> bool:
+        """True if the process ended by itself (not during a restart or stop)."""
+        return (not self.restarting and self.process is not None
+                and self.process.poll() is not None)
 
     @property
     def pid(self) -> int | None:

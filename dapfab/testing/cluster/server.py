@@ -7,6 +7,7 @@ import contextlib
 import json
 import secrets
 import signal
+import sys
 from pathlib import Path
 
 from . import control
@@ -33,6 +34,7 @@ class Cluster:
         ensure_address(self.pod_address)
         api = self.api = APIServer(self.state_dir, self.address, self.port, token, self.pod_address)
         web: PodProcess = web_pod("default", "web", self.pod_address, self.state_dir)
+        web.on_restart = lambda p: api.pod_restarted(p.namespace, p.name)
         api.pods[("default", "web")] = web
         servers: list[asyncio.base_events.Server] = []
         try:
@@ -48,7 +50,15 @@ class Cluster:
                 "server": server_url, "pod_address": self.pod_address,
                 "pods": {"default/web": {"ports": {"http": 8080, "echo": 9000, "discard": 9001,
                                                    "source": 9002}}}}) + "\n")
-            await asyncio.Event().wait()
+            while True:  # like the kubelet with restartPolicy Always
+                await asyncio.sleep(0.5)
+                for pod in api.pods.values():
+                    if pod.exited():
+                        try:
+                            await pod.restart(gap=0.5)
+                        except RuntimeError as exc:
+                            print(f"cluster: {exc}", file=sys.stderr, flush=True)
+                            continue
         finally:
             (self.state_dir / "ready").unlink(missing_ok=True)
             for s in servers:
@@ -76,7 +86,8 @@ class Cluster:
         if words[:1] == ["status"]:
             return {"ok": True, "server": f"https://{self.address}:{self.port}",
                     "pod_address": self.pod_address,
-                    "pods": {f"{ns}/{n}": {"pid": p.pid, "generation": p.generation}
+                    "pods": {f"{ns}/{n}": {"pid": p.pid, "generation": p.generation,
+                                           "restarting": p.restarting}
                              for (ns, n), p in api.pods.items()}}
         if words[:1] == ["restart"] and len(words) >= 2:
             ns, _, name = words[1].rpartition("/")
@@ -85,7 +96,6 @@ class Cluster:
                 return {"ok": False, "error": f"no pod process {words[1]}"}
             gap = float(words[2]) if len(words) > 2 else 0.5
             await pod.restart(gap)
-            api.pod_restarted(pod.namespace, pod.name)
             return {"ok": True, "generation": pod.generation, "pid": pod.pid}
         return {"ok": False, "error": f"unknown request {' '.join(words)!r}"}
 

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
 
 log = logging.getLogger("dapfab.connection")
+# paramiko logs failures (a refused channel open...) that dapfab reports as one line of its
+# own; without a handler, Python's last-resort handler would print them to stderr as well.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 MAX_SESSIONS = 10  # OpenSSH's default MaxSessions
 KEEPALIVE_INTERVAL = 5.0

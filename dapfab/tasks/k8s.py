@@ -68,7 +68,19 @@ def kubectl(
                 config, words, namespace=namespace, context=context, pty=pty, **run_options(c)
             )
         except CommandError as err:
-            # kubectl already said why on stderr: pass its exit code through, nothing more.
+            # kubectl (or bash) already said why on stderr: pass its exit code through; for
+            # "command not found" add where to look.
+            if err.exit_code == 127:
+                import sys
+
+                from dapfab.errors import render
+
+                hint = CommandError(
+                    f"exit 127: a command was not found in VM {config.vm_name}",
+                    hint="install kubectl in the VM or put it on its login PATH; "
+                    "`inv config.doctor` checks every hop",
+                )
+                print(render(hint), file=sys.stderr, flush=True)
             raise Exit(code=err.exit_code) from None
 
 

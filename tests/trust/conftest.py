@@ -31,6 +31,7 @@ def cli(lab):
 @pytest.fixture
 def plugins(lab, runner_config) -> Iterator[None]:
     """Install the kubectl plugins of these tests in the runner user's ~/bin."""
+    from dapfab.connection import POOL
     from dapfab.execution import run_in_runner
 
     script = [
@@ -40,12 +41,16 @@ def plugins(lab, runner_config) -> Iterator[None]:
     for name, body in PLUGINS.items():
         script.append(f"printf %s {join([body])} > ~/bin/{name} && chmod +x ~/bin/{name}")
     run_in_runner(runner_config, " && ".join(script), hide=True)
+    POOL.close_all()  # no connection of this process may look like a leftover
     yield
 
 
 @pytest.fixture
 def clean_lab(lab) -> Iterator:
     """The lab with nothing of an earlier command running on mgmt or in the runner."""
+    from dapfab.connection import POOL
+
+    POOL.close_all()
     left = wait_no_leftovers(lab, 30)
     assert left == {"mgmt": [], "runner": []}, f"an earlier test left {left}"
     yield lab

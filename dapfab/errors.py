@@ -78,7 +78,7 @@ class Interrupted(DapError):
     """Ctrl-C (exit 130) or SIGTERM (exit 143), raised after cleanup."""
 
     exit_code = 130
-    hop = "dapfab"
+    hop = "laptop"
 
 
 class CurlError(DapError):

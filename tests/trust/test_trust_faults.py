@@ -363,7 +363,7 @@ def test_interrupt_during_connect(lab, clean_lab, sig, code):
         TIMINGS[f"{sig.name} during connect"] = elapsed
         err = proc.stderr.read().decode()
         assert proc.returncode == code, err
-        assert err.strip().splitlines()[-1].startswith("dapfab: dapfab: interrupted")
+        assert err.strip().splitlines()[-1].startswith("dapfab: laptop: interrupted")
         assert elapsed < 3
 
 

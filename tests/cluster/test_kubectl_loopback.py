@@ -242,3 +242,27 @@ def test_a_pod_process_that_dies_is_restarted_like_a_kubelet_would(cluster: Loop
     assert after["generation"] == before["generation"] + 1 and after["pid"] != before["pid"]
     restarts = cluster.kubectl("get", "pod", "web", "-o", "jsonpath={.status.containerStatuses[0].restartCount}")
     assert restarts.stdout == str(after["generation"])
+
+
+def test_applied_namespace_with_objects_is_deleted_with_them(cluster: LoopbackCluster, tmp_path) -> None:
+    manifest = tmp_path / "team.yaml"
+    manifest.write_text(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team\n---\n"
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: api\n  namespace: team\n  labels: {app: api}\n"
+        "spec:\n  containers:\n  - name: api\n    image: nginx\n    ports: [{containerPort: 8080}]\n")
+    created = cluster.kubectl("apply", "-f", str(manifest))
+    assert created.stdout.split("\n")[:2] == ["namespace/team created", "pod/api created"], created.stderr
+    assert cluster.kubectl("get", "pod", "api", "-n", "team", "-o", "jsonpath={.status.phase}").stdout == "Running"
+    with cluster.port_forward("-n", "team", "pod/api", ":8080") as (proc, (port,), output):
+        curl(f"http://127.0.0.1:{port}/")  # no process behind this pod: the dial is refused
+        proc.wait(timeout=30)
+    deleted = cluster.kubectl("delete", "ns", "team")
+    assert deleted.returncode == 0, deleted.stderr
+    assert cluster.kubectl("get", "pod", "api", "-n", "team").returncode == 1
+    assert cluster.kubectl("delete", "ns", "default").returncode == 1  # the lab's own stay
+
+
+def test_a_bad_query_is_a_500_status_not_a_dropped_connection(cluster: LoopbackCluster) -> None:
+    r = cluster.kubectl("get", "--raw", "/api/v1/namespaces/default/pods/web/log?tailLines=abc")
+    assert r.returncode == 1
+    assert "InternalError" in r.stderr or "ValueError" in r.stderr

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import errno
 import hmac
 import json
 import ssl
@@ -27,6 +28,8 @@ from .portforward import PortForwardSession
 from .resources import KINDS, SUBRESOURCES, Obj
 
 MAX_BODY = 16 << 20
+PROTECTED = {("namespaces", "", n) for n in ("default", "kube-system", "kube-public", "demo")} | {
+    ("pods", "default", "web"), ("services", "default", "web")}
 
 
 class HTTPError(Exception):
@@ -260,13 +263,17 @@ class APIServer:
         if method == "PATCH":
             return self._patch(plural, ns, name, req)
         if method == "DELETE":
-            if plural == "namespaces" or (plural, ns, name) in {("pods", "default", "web"),
-                                                                 ("services", "default", "web")}:
+            if (plural, ns, name) in PROTECTED:
                 raise HTTPError(403, "Forbidden", f'{plural} "{name}" is part of the lab and cannot be deleted')
             try:
                 self.store.delete(plural, ns, name)
             except resources.NotFound:
                 raise not_found(plural, name) from None
+            if plural == "namespaces":
+                for other, kind in KINDS.items():
+                    if kind.namespaced:
+                        for obj in self.store.list(other, name):
+                            self.store.delete(other, name, obj["metadata"]["name"])
             return 200, resources.status(200, "", "") | {"details": {"name": name, "kind": plural}}, "application/json"
         raise HTTPError(405, "MethodNotAllowed", f"{method} is not supported")
 
@@ -307,9 +314,10 @@ class APIServer:
             raise HTTPError(422, "Invalid", str(exc)) from None
 
     def _created(self, plural: str, ns: str, body: Obj) -> Obj:
-        if plural == "pods":
+        if plural == "pods":  # a pod without a process: an address nothing answers on
             status = body.setdefault("status", {})
-            status.setdefault("podIP", self.pod_address)
+            self._next_ip = getattr(self, "_next_ip", 10) % 250 + 1
+            status.setdefault("podIP", f"10.244.0.{self._next_ip}")
             status.setdefault("hostIP", self.address)
         return self.store.create(plural, ns, body)
 
@@ -512,8 +520,14 @@ class APIServer:
         writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
                      b"X-Stream-Protocol-Version: portforward.k8s.io\r\n\r\n")
         await writer.drain()
-        pod_ip = pod.get("status", {}).get("podIP", self.pod_address)
-        session = PortForwardSession(reader, writer, lambda port: (pod_ip, port), self._event)
+        proc = self.pods.get((ns, name))
+
+        def target(port: int) -> tuple[str, int]:
+            if proc is None:
+                raise ConnectionRefusedError(errno.ECONNREFUSED, "the lab runs no process for this pod")
+            return proc.address, port
+
+        session = PortForwardSession(reader, writer, target, self._event)
         await session.run()
         self._event(f"portforward {ns}/{name} closed: {session.bytes_in} bytes in, "
                     f"{session.bytes_out} bytes out")

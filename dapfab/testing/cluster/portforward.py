@@ -115,8 +115,9 @@ class PortForwardSession:
             pair.tasks.append(asyncio.create_task(self._open(pair)))
 
     async def _open(self, pair: _Pair) -> None:
-        host, port = self.target(pair.port)
+        host, port = "pod", pair.port
         try:
+            host, port = self.target(pair.port)
             reader, writer = await asyncio.open_connection(host, port, limit=READ_SIZE * 2)
         except OSError as exc:
             reason = (os.strerror(exc.errno) if exc.errno else str(exc)).lower()

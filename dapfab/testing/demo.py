@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-import selectors
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import urllib.request
 from typing import Any
 
@@ -43,17 +43,22 @@ def _forward_round_trip(lab: Any) -> int:
     )
     try:
         assert child.stdout is not None
-        selector = selectors.DefaultSelector()
-        selector.register(child.stdout, selectors.EVENT_READ)
+        # readline() buffers, so a select() on the pipe could miss a line already read:
+        # bound the wait with a timer that stops the child instead.
+        watchdog = threading.Timer(60, child.kill)
+        watchdog.start()
         ports: dict[str, str] = {}
-        while len(ports) < 2 and selector.select(60):
-            line = child.stdout.readline()
-            if not line:
-                break
-            print(line, end="", flush=True)
-            match = _LINE.match(line)
-            if match:
-                ports[match.group(2)] = match.group(1)
+        try:
+            while len(ports) < 2:
+                line = child.stdout.readline()
+                if not line:
+                    break
+                print(line, end="", flush=True)
+                match = _LINE.match(line)
+                if match:
+                    ports[match.group(2)] = match.group(1)
+        finally:
+            watchdog.cancel()
         if "laptop" not in ports:
             print("the forward did not come up", file=sys.stderr)
             return 1

@@ -1,6 +1,6 @@
 """``config.*`` tasks: write the ``dap:`` section of an invoke.yaml, and show the effective config.
 
-``config.doctor`` (testing every hop) belongs here too; another change adds it to ``ns``.
+``config.doctor`` tests every hop to the runner (the checks live in :mod:`dapfab.doctor`).
 """
 
 from __future__ import annotations
@@ -218,5 +218,35 @@ def show(c: Context, runner: str | None = None) -> None:
         )
 
 
-ns = Collection("config", init, show)
+@task(
+    auto_shortflags=False,
+    help={"runner": "check this named profile (dap.runners.NAME) instead of dap.runner"},
+)
+@_reported
+def doctor(c: Context, runner: str | None = None) -> None:
+    """Test every hop to the runner VM; say which one fails and how to fix it.
+
+    One line per check (OK/FAIL/SKIP): config, key, gateway, management host, login shell,
+    incus, VM, bash, launcher tools, kubectl, kubeconfig, API server, curl. Exits 0 when
+    all pass, else with the code of the first failing check's hop.
+    """
+    from invoke import Exit
+
+    from dapfab.connection import POOL
+    from dapfab.doctor import doctor as run_doctor
+
+    def load() -> RunnerConfig:
+        config = RunnerConfig.from_invoke_config(c.config, runner=runner)
+        kubectl_defaults(c.config, runner=runner)
+        return config
+
+    try:
+        code = run_doctor(load, emit=lambda line: print(line, flush=True))
+    finally:
+        POOL.close_all()
+    if code:
+        raise Exit(code=code)
+
+
+ns = Collection("config", init, show, doctor)
 ns.configure({"dap": copy.deepcopy(DEFAULTS)})

@@ -174,7 +174,7 @@ class RemoteProcess:
 
     def _send(self, data: bytes) -> None:
         with self._send_lock:
-            self.channel.sendall(data)
+            self.channel.sendall(memoryview(data))
 
     def heartbeat(self) -> None:
         """Tell the launcher the caller is alive, unless the channel is busy with data."""

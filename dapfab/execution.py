@@ -96,14 +96,41 @@ def _heartbeats() -> _Heartbeats:
         return _HEARTBEATS
 
 
+# A read this large means the producer is streaming (a pipe holds 64 KiB): gather more of it
+# into the same frame, since every frame costs one `head -c` process in the VM.
+STREAMING_READ = 1 << 16
+GATHER_WAIT = 0.005  # seconds to wait for a streaming producer's next bytes
+
+
 def _read_chunk(stream: Any) -> bytes:
-    """Up to one frame from ``stream``, returning as soon as anything is available."""
+    """Up to one frame from ``stream``, returning as soon as anything is available.
+
+    Small reads (typing, a slow producer) go out at once; after a read that filled a whole
+    pipe buffer, reading goes on until the frame is full or input pauses for
+    :data:`GATHER_WAIT`.
+    """
     try:
         fd = stream.fileno()
     except (AttributeError, OSError, ValueError):
         fd = None
     if fd is not None:
-        return os.read(fd, launcher.MAX_FRAME)
+        data = os.read(fd, launcher.MAX_FRAME)
+        if len(data) < STREAMING_READ:
+            return data
+        import select
+
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        parts, size = [data], len(data)
+        while size < launcher.MAX_FRAME:
+            if not poller.poll(GATHER_WAIT * 1000):
+                break
+            more = os.read(fd, launcher.MAX_FRAME - size)
+            if not more:  # end of input: the next read returns b"" too
+                break
+            parts.append(more)
+            size += len(more)
+        return b"".join(parts)
     read1 = getattr(stream, "read1", None)
     data = read1(launcher.MAX_FRAME) if read1 else stream.read(launcher.MAX_FRAME)
     return data.encode() if isinstance(data, str) else data
@@ -173,6 +200,8 @@ class RemoteProcess:
         self.close()
 
     def _send(self, data: bytes) -> None:
+        # A memoryview: paramiko's sendall slices what is left after every 32 KiB packet,
+        # which copies a 1 MiB frame 32 times over; slicing a view copies nothing.
         with self._send_lock:
             self.channel.sendall(memoryview(data))
 

@@ -190,7 +190,8 @@ def check_incus(config: RunnerConfig) -> Check:
     code, out, _ = on_mgmt(config, f"command -v {quote(config.incus)}")
     if code == 0 and out.strip():
         return passed(INCUS, out.strip())
-    return failed(INCUS, f"`{config.incus}` is not on the management host's PATH",
+    return failed(INCUS, f"`{config.incus}` is not installed on the management host "
+                  "(not on its login PATH)",
                   "install incus there, or set dap.runner.incus (e.g. `lxc` for LXD)", 125)
 
 
@@ -203,7 +204,7 @@ def check_vm(config: RunnerConfig) -> Check:
     if code == 0 and status == "RUNNING":
         return passed(VM, f"{config.vm_name} is RUNNING")
     if code == 0:
-        return failed(VM, f"VM {config.vm_name} is {status or 'in an unknown state'}",
+        return failed(VM, f"VM {config.vm_name} is not running ({status or 'unknown state'})",
                       f"start it: {config.incus} start {config.vm_name}", 125)
     return failed(VM, f"VM {config.vm_name} not found ({_last_line(err, out)})",
                   f"check dap.runner.vm / dap.runner.project; `{config.incus} list` shows the "

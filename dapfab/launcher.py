@@ -15,7 +15,8 @@ the channel's stdin, framed, and so does the user's stdin data:
 
 BOOT is PID 1 of a fresh PID namespace. It prints :data:`STARTED` on stdout (so the laptop
 can tell "the runner hop worked" from the command's own exit code), then runs the code with
-``bash -lc`` and feeds it the data frames. When no frame arrives for
+``bash -lc`` (code over :data:`INLINE_MAX` characters is sourced from a here-string by
+``bash -lc``, past the kernel's 128 KiB cap on one argument) and feeds it the data frames. When no frame arrives for
 :data:`HEARTBEAT_TIMEOUT` seconds (frozen laptop, dropped link), when stdin ends (channel
 closed) or on ``q``, every process in the namespace is killed. ``--kill-child`` ties the
 namespace to ``unshare``: when the exec server SIGKILLs the top process, the tree goes too.
@@ -32,6 +33,11 @@ HEARTBEAT_INTERVAL = 2.0
 HEARTBEAT_TIMEOUT = 10
 # Frames of stdin data are at most this large: one `head -c` in the VM per frame.
 MAX_FRAME = 1 << 20
+
+# Longer commands (in characters; at most 4 bytes each) do not go to `bash -lc` as one
+# argument, which the kernel caps at 128 KiB (MAX_ARG_STRLEN): the login shell sources them
+# from a here-string instead, so only each single argument of the final exec is capped.
+INLINE_MAX = 30000
 
 # Kept free of single quotes and of anything user-supplied: it is quoted once for the
 # management host's shell and passed as one argv word through `incus exec`.
@@ -53,9 +59,13 @@ feed() {
   kill -KILL -1 2>/dev/null
 }
 printf '\0dapfab-started\n'
-bash -lc "$cmd" < <(feed) &
+if [ ${#cmd} -lt __INLINE__ ]; then
+  bash -lc "$cmd" < <(feed) &
+else
+  bash -lc ". /dev/fd/4" 4<<<"$cmd" < <(feed) &
+fi
 wait $! 2>/dev/null
-""".replace("__TIMEOUT__", str(HEARTBEAT_TIMEOUT)).strip()
+""".replace("__TIMEOUT__", str(HEARTBEAT_TIMEOUT)).replace("__INLINE__", str(INLINE_MAX)).strip()
 
 
 def vm_argv(pty: bool = False) -> list[str]:

@@ -19,6 +19,7 @@ LISTENER = "[listener]"
 PLUGINS = {
     "kubectl-dump_argv": "#!/bin/bash\nprintf '%s\\0' \"$@\"\n",
     "kubectl-stream": "#!/bin/bash\nwhile :; do echo tick; sleep 0.5; done\n",
+    "kubectl-argv_exact": "#!/bin/bash\nfor a in \"$@\"; do printf '%s\\0' \"$a\"; done\n",
     "kubectl-argc": "#!/bin/bash\necho \"$#\"; printf '%s' \"$@\" | sha256sum | cut -d' ' -f1\n",
 }
 

@@ -68,20 +68,32 @@ def kubectl(
                 config, words, namespace=namespace, context=context, pty=pty, **run_options(c)
             )
         except CommandError as err:
-            # kubectl (or bash) already said why on stderr: pass its exit code through; for
-            # "command not found" add where to look.
-            if err.exit_code == 127:
+            # kubectl (or bash) already said why on stderr: pass its exit code through; when
+            # bash could not find kubectl itself (127), add where to look.
+            if err.exit_code == 127 and not _kubectl_present(config):
                 import sys
 
                 from dapfab.errors import render
 
                 hint = CommandError(
-                    f"exit 127: a command was not found in VM {config.vm_name}",
+                    f"kubectl is not installed in VM {config.vm_name} (not on its login PATH)",
                     hint="install kubectl in the VM or put it on its login PATH; "
                     "`inv config.doctor` checks every hop",
                 )
                 print(render(hint), file=sys.stderr, flush=True)
             raise Exit(code=err.exit_code) from None
+
+
+def _kubectl_present(config: RunnerConfig) -> bool:
+    """Whether the VM's login shell finds kubectl (asked only after an exit 127)."""
+    from dapfab.errors import DapError
+    from dapfab.execution import run_in_runner
+
+    try:
+        found = run_in_runner(config, "command -v kubectl", hide=True, warn=True, in_stream=False)
+    except DapError:
+        return True  # cannot tell: say nothing rather than something wrong
+    return found.exited == 0
 
 
 def _mib(count: int) -> str:

@@ -294,7 +294,7 @@ class RemoteProcess:
                     hint="raise the timeout",
                 )
         for thread in self._threads[:2]:
-            thread.join(5.0)
+            thread.join(30.0)  # EOF follows the exit status; the marker may still be queued
         code = self.channel.recv_exit_status()
         if code == -1:
             # No exit-status ever came: the channel closed because a hop died under it.

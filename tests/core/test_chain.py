@@ -45,7 +45,12 @@ PLUGINS = {
     "kubectl-dump_argv": "#!/bin/bash\nprintf '%s\\0' \"$@\"\n",
     "kubectl-exit_with": "#!/bin/bash\nexit \"$1\"\n",
     "kubectl-sha_stdin": "#!/bin/bash\nsha256sum | cut -d' ' -f1\n",
-    "kubectl-emit": "#!/bin/bash\nhead -c \"$1\" /dev/urandom | tee >(sha256sum | cut -d' ' -f1 >&2)\n",
+    # The hash is computed before the data is sent: a `>(sha256sum)` is not waited for
+    # and dies with the launcher's PID namespace when the command exits.
+    "kubectl-emit": (
+        "#!/bin/bash\nf=$(mktemp)\nhead -c \"$1\" /dev/urandom >\"$f\"\n"
+        "sha256sum <\"$f\" | cut -d' ' -f1 >&2\ncat \"$f\"\nrm -f \"$f\"\n"
+    ),
 }
 
 

@@ -176,6 +176,10 @@ def test_when_the_client_dies_only_the_top_process_is_killed(lab, marker):
     client = start_exec(lab, "bash", "-c", f"sleep 1000 & echo ready; wait; : {marker}")
     try:
         assert client.stdout.readline() == b"ready\n"
+        # Until `sleep` execs, the forked subshell still carries the marker in its argv.
+        wait_until(lambda: len(find(lab, "runner", marker)) == 1
+                   and ["sleep", "1000"] in [argv for _, argv in lab.processes("runner")],
+                   what="the background sleep to exec")
         [(top, _)] = find(lab, "runner", marker)
         [child] = [p for p, argv in lab.processes("runner") if argv == ["sleep", "1000"] and ppid(p) == top]
         client.kill()

@@ -418,7 +418,8 @@ class Lab:
         if proc.poll() is not None:
             log = (d / "cluster.log").read_text(errors="replace")[-3000:]
             raise LabError(f"the cluster exited with {proc.returncode}:\n{log}")
-        self.backend.write_file("/root/.kube/config", (d / "kubeconfig").read_bytes())
+        self.backend.write_file("/root/.kube/config",
+                                self.backend.kubeconfig((d / "kubeconfig").read_bytes()))
 
     def exists(self) -> bool:
         """True if anything of this lab id exists (a running or a stale lab)."""
@@ -435,6 +436,8 @@ class Lab:
     def down(self) -> None:
         """Remove everything of this lab id: processes, namespaces, veths, routes, files."""
         # nsfs files under /run/netns are bind mounts: stat gives the namespace's inode
+        with contextlib.suppress(Exception):  # first: a backend's daemon stops cleanly
+            self.backend.down()
         inodes = {f"net:[{os.stat(f'/run/netns/{n}').st_ino}]" for n in self._lab_netns()}
         for _ in range(50):
             pids = [p for p in _all_processes() if _ns_inode(f"/proc/{p}/ns/net") in inodes]
@@ -448,8 +451,6 @@ class Lab:
         else:
             raise LabError(f"processes of lab {self.lab_id} would not die: {pids}")
         self._reap()
-        with contextlib.suppress(Exception):
-            self.backend.down()
         _ip("link", "del", self.laptop_interface, check=False)
         _ip("route", "del", "unreachable", str(self.block), check=False)
         for name in self._lab_netns():
@@ -714,6 +715,10 @@ class RunnerBackend:
 
     def start(self) -> None:
         raise NotImplementedError
+
+    def kubeconfig(self, text: bytes) -> bytes:
+        """The cluster's kubeconfig as the runner needs it (default: unchanged)."""
+        return text
 
     def running(self) -> bool:
         raise NotImplementedError

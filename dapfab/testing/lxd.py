@@ -1,0 +1,337 @@
+"""The lab's runner as an unprivileged LXD container, driven by the real ``lxc`` client.
+
+::
+
+    mgmt (lxc client) --unix socket--> lxd daemon (netns dfl{N}-runner) --eth1-- cluster
+                                          |
+                                          +-- container lab-runner (no NIC; proxy device
+                                              127.0.0.1:6443 -> cluster:6443)
+
+The daemon runs with ``LXD_DIR=/var/lib/dapfab-lab/lxd{N}`` in a network namespace of its
+own that reaches the cluster only (as a runner host's uplink would); the laptop and mgmt
+cannot reach the cluster. The container has no network device: the cluster API reaches it
+through an LXD proxy device that listens on the container's loopback and connects from the
+daemon's namespace. mgmt runs the real ``/usr/bin/lxc`` (a copy in the lab's bin directory,
+named ``lxc``); in mgmt's mount namespace the lab's LXD_DIR is bind-mounted on
+``/var/lib/lxd`` (the client's default socket) and ``/usr/bin/lxc`` is hidden, so removing the
+copy gives ``command not found`` as on a host without LXD.
+
+No image server is reachable here: the image is built once with ``debootstrap`` and cached
+under :data:`CACHE_DIR`; the daemon's directory keeps the imported image between labs, so a
+second ``lab.up`` takes seconds. :meth:`LxdRunner.down` deletes the container and stops the
+daemon it started (by PID), leaving only the cached image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from dapfab.testing.lab import (
+    CLUSTER_PORT,
+    SYSCTLS,
+    LabError,
+    RunnerBackend,
+    _alive,
+    _all_processes,
+    _argv,
+    _ip,
+    _ns_inode,
+    _wait_for,
+)
+
+CACHE_DIR = Path("/var/cache/dapfab-lab")
+LXD_ROOT = Path("/var/lib/dapfab-lab")
+# Bump when the image recipe changes: the cached tarball and the imported alias follow it.
+IMAGE_VERSION = "1"
+IMAGE_ALIAS = f"dapfab-lab-runner-v{IMAGE_VERSION}"
+KUBECTL = "/usr/lib/google-cloud-sdk/bin/kubectl.1.32"
+PACKAGES = "bash,coreutils,util-linux,curl,procps,iproute2,ca-certificates"
+MIRROR = "http://deb.debian.org/debian"
+LXD_PACKAGES = ("lxd", "debootstrap")
+CLIENT = "/usr/bin/lxc"
+DAEMON_TIMEOUT = 60.0
+
+# PID 1 of the container (minbase has no /sbin/init): bash reaps every child it is given
+# (orphans included) from its SIGCHLD handler; `lxc stop` sends SIGPWR, `--force` SIGKILL.
+INIT = """\
+#!/bin/bash
+# dapfab lab runner: PID 1 reaps orphans until SIGPWR/SIGTERM/SIGINT
+trap 'exit 0' PWR TERM INT
+trap ':' CHLD
+mkdir -p /run/dapfab-init && rm -f /run/dapfab-init/fifo && mkfifo /run/dapfab-init/fifo
+exec 3<>/run/dapfab-init/fifo
+while :; do read -r -u 3 _; done
+"""
+
+METADATA = """\
+architecture: {arch}
+creation_date: {date}
+properties:
+  description: dapfab lab runner (debian bookworm minbase)
+  os: debian
+  release: bookworm
+"""
+
+
+def _run(argv: Sequence[str], *, what: str, timeout: float = 300, **kwargs) -> str:
+    """Run ``argv``; raise :class:`LabError` with its stderr when it fails; return stdout."""
+    kwargs.setdefault("capture_output", True)
+    kwargs.setdefault("text", True)
+    try:
+        done = subprocess.run(list(argv), timeout=timeout, **kwargs)
+    except subprocess.TimeoutExpired:
+        raise LabError(f"{what}: timed out after {timeout:.0f} s") from None
+    if done.returncode:
+        err = done.stderr if isinstance(done.stderr, str) else (done.stderr or b"").decode()
+        raise LabError(f"{what}: exit {done.returncode}: {err.strip()[-2000:]}")
+    return done.stdout
+
+
+def ensure_packages() -> None:
+    """``apt-get install lxd debootstrap`` unless both are installed."""
+    if shutil.which("lxd") and shutil.which("debootstrap") and os.path.exists(CLIENT):
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    _run(["apt-get", "install", "-y", "--no-install-recommends", *LXD_PACKAGES],
+         what="apt-get install lxd debootstrap", timeout=900, env=env)
+
+
+def build_image(cache: Path = CACHE_DIR) -> Path:
+    """The runner image as an LXD unified tarball, built with debootstrap once and cached."""
+    image = cache / f"runner-v{IMAGE_VERSION}.tar"
+    if image.exists():
+        return image
+    cache.mkdir(parents=True, exist_ok=True)
+    work = cache / f"build-v{IMAGE_VERSION}"
+    rootfs = work / "rootfs"
+    bootstrapped = work / "debootstrap.done"  # a build that failed later resumes here
+    if not bootstrapped.exists():
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        _run(["debootstrap", "--variant=minbase", f"--include={PACKAGES}", "bookworm",
+              str(rootfs), MIRROR], what="debootstrap", timeout=900)
+        bootstrapped.touch()
+    init = rootfs / "sbin" / "init"
+    init.unlink(missing_ok=True)
+    init.write_text(INIT)
+    init.chmod(0o755)
+    kubectl = rootfs / "usr" / "bin" / "kubectl"
+    shutil.copyfile(KUBECTL, kubectl)
+    kubectl.chmod(0o755)
+    (rootfs / "etc" / "hostname").write_text("lab-runner\n")
+    shutil.rmtree(rootfs / "var" / "cache" / "apt" / "archives", ignore_errors=True)
+    arch = os.uname().machine
+    (work / "metadata.yaml").write_text(METADATA.format(arch=arch, date=int(time.time())))
+    tmp = image.with_suffix(".tmp")
+    _run(["tar", "-C", str(work), "--numeric-owner", "-cf", str(tmp), "metadata.yaml", "rootfs"],
+         what="tar the runner image", timeout=600)
+    tmp.replace(image)
+    shutil.rmtree(work, ignore_errors=True)
+    return image
+
+
+class LxdRunner(RunnerBackend):
+    """The runner as an LXD container; the client on mgmt is the real ``lxc``."""
+
+    name = "lxd"
+    client = "lxc"
+
+    @property
+    def dir(self) -> Path:
+        return self.lab.state_dir / "runner"
+
+    @property
+    def lxd_dir(self) -> Path:
+        """The daemon's LXD_DIR: persistent, so the imported image survives ``lab.down``."""
+        return LXD_ROOT / f"lxd{self.lab.lab_id}"
+
+    @property
+    def socket(self) -> Path:
+        return self.lxd_dir / "unix.socket"
+
+    # -- the daemon ------------------------------------------------------------------------
+
+    def lxc(self, *args: str, what: str | None = None, timeout: float = 120,
+            **kwargs) -> str:
+        """Run the real client against this lab's daemon from the laptop; return stdout."""
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LXD_DIR": str(self.lxd_dir),
+               "HOME": str(self.dir), "LANG": "C.UTF-8"}
+        return _run([CLIENT, *args], what=what or f"lxc {' '.join(args[:2])}", timeout=timeout,
+                    env=env, **kwargs)
+
+    def daemon_pid(self) -> int | None:
+        pid = self.lab.state().get("lxd")
+        return pid if _alive(pid) else None
+
+    def _start_daemon(self) -> None:
+        self.lxd_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+        lab = self.lab
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LXD_DIR": str(self.lxd_dir),
+               "HOME": "/root", "LANG": "C.UTF-8"}
+        argv = ["ip", "netns", "exec", lab.netns("runner"), "lxd", "--group", "root",
+                f"--logfile={self.dir / 'lxd.log'}"]
+        proc = lab._spawn(argv, log=self.dir / "lxd.out", env=env)
+        lab.state()["lxd"] = proc.pid
+        lab._save()
+        try:
+            _run(["lxd", "waitready", f"--timeout={int(DAEMON_TIMEOUT)}"], env=env,
+                 what="lxd waitready", timeout=DAEMON_TIMEOUT + 5)
+        except LabError:
+            log = (self.dir / "lxd.log").read_text(errors="replace")[-2000:] if (
+                self.dir / "lxd.log").exists() else ""
+            raise LabError(f"the LXD daemon did not start: {log}") from None
+        if proc.poll() is not None:
+            raise LabError(f"the LXD daemon exited with {proc.returncode}")
+
+    def _preseed(self) -> None:
+        pools = json.loads(self.lxc("query", "/1.0/storage-pools"))
+        if "/1.0/storage-pools/default" in pools:
+            return
+        preseed = ("storage_pools:\n- name: default\n  driver: dir\n"
+                   "profiles:\n- name: default\n  devices:\n    root:\n      path: /\n"
+                   "      pool: default\n      type: disk\n")
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LXD_DIR": str(self.lxd_dir)}
+        _run(["lxd", "init", "--preseed"], input=preseed, env=env, what="lxd init --preseed")
+
+    def _import_image(self) -> None:
+        aliases = json.loads(self.lxc("query", "/1.0/images/aliases"))
+        if f"/1.0/images/aliases/{IMAGE_ALIAS}" in aliases:
+            return
+        image = build_image()
+        self.lxc("image", "import", str(image), "--alias", IMAGE_ALIAS, timeout=600)
+
+    # -- RunnerBackend -----------------------------------------------------------------------
+
+    def up(self) -> None:
+        lab, a = self.lab, self.lab.addresses
+        ensure_packages()
+        self.dir.mkdir(mode=0o700, exist_ok=True)
+        ns, cluster = lab.netns("runner"), lab.netns("cluster")
+        _ip("netns", "add", ns)
+        _ip(netns=ns, batch=["link set lo up",
+                             f"link add eth1 type veth peer name eth0 netns {cluster}",
+                             f"addr add {a['runner@cluster']} dev eth1", "link set eth1 up"])
+        _ip(netns=cluster, batch=[f"addr add {a['cluster@runner']} dev eth0", "link set eth0 up"])
+        lab.run("runner", SYSCTLS, env=None, via_netns=True)
+        self._start_daemon()
+        self._preseed()
+        self._import_image()
+        with contextlib.suppress(LabError):  # a container a killed run left behind
+            self.lxc("delete", "--force", self.vm_name)
+        self.lxc("init", IMAGE_ALIAS, self.vm_name, "-c", "security.privileged=false",
+                 what="lxc init")
+        self.lxc("config", "device", "add", self.vm_name, "kubeapi", "proxy", "bind=instance",
+                 f"listen=tcp:127.0.0.1:{CLUSTER_PORT}",
+                 f"connect=tcp:{lab.cluster_address}:{CLUSTER_PORT}", what="lxc proxy device")
+        self._install_client()
+        self.start()
+
+    def _install_client(self) -> None:
+        """The real client on mgmt: a copy of /usr/bin/lxc in the lab's bin, the lab's
+        daemon socket at the client's default path, the system's ``lxc`` hidden."""
+        lab = self.lab
+        shutil.copy2(CLIENT, self.client_path)
+        Path("/var/lib/lxd").mkdir(mode=0o711, exist_ok=True)
+        hide = lab.state_dir / "mgmt" / "hide-bin"
+        hide.mkdir(exist_ok=True)
+        os.mknod(hide / "lxc", 0o600 | 0o020000, os.makedev(0, 0))  # an overlay whiteout
+        script = (f'mount --bind "{self.lxd_dir}" /var/lib/lxd && '
+                  f'mount -t overlay dapfab-lab -o "lowerdir={hide}:/usr/bin" /usr/bin')
+        lab.run("mgmt", ["/bin/sh", "-c", script], check=True)
+
+    def init_pid(self) -> int | None:
+        pid = self.lab.state().get("runner_init")
+        return pid if _alive(pid) else None
+
+    def running(self) -> bool:
+        return self.init_pid() is not None
+
+    def start(self) -> None:
+        if self.running():
+            return
+        self.lxc("start", self.vm_name, what="lxc start")
+        state = json.loads(self.lxc("query", f"/1.0/instances/{self.vm_name}/state"))
+        pid = int(state.get("pid") or 0)
+        if not _alive(pid):
+            raise LabError(f"the container has no running init: {state.get('status')}")
+        self.lab.state()["runner_init"] = pid
+        self.lab._save()
+        # Without a NIC LXD leaves the loopback down; the proxy device listens on it.
+        done = subprocess.run(self.command(["ip", "link", "set", "lo", "up"]),
+                              capture_output=True, text=True, env=self.env(), timeout=30)
+        if done.returncode:
+            raise LabError(f"bringing up the runner's loopback: {done.stderr.strip()}")
+
+    def stop(self) -> None:
+        init = self.init_pid()
+        if init:
+            self.lxc("stop", "--force", self.vm_name, what="lxc stop")
+            _wait_for(lambda: not _alive(init), 10, "the runner to stop")
+        self.lab.state()["runner_init"] = None
+        self.lab._save()
+
+    def down(self) -> None:
+        """Delete the container, stop the daemon this lab started (by PID), unmount."""
+        try:
+            state = self.lab.state()
+        except LabError:
+            state = {}
+        pid = state.get("lxd")
+        if _alive(pid):
+            with contextlib.suppress(LabError):
+                self.lxc("delete", "--force", self.vm_name, timeout=60)
+            os.kill(pid, signal.SIGTERM)  # lxd shuts down cleanly on SIGTERM
+            with contextlib.suppress(LabError):
+                _wait_for(lambda: not _alive(pid), 30, "the LXD daemon to stop")
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+                _wait_for(lambda: not _alive(pid), 10, "the LXD daemon to die")
+        self.lab._reap()
+        # What the daemon left: processes of the container (its monitor lives in the
+        # daemon's netns and is killed by lab.down) and the socket file.
+        self.socket.unlink(missing_ok=True)
+
+    def processes(self) -> list[tuple[int, list[str]]]:
+        init = self.init_pid()
+        if not init:
+            return []
+        pidns = _ns_inode(f"/proc/{init}/ns/pid")
+        found = []
+        for pid in _all_processes():
+            if pid != init and _ns_inode(f"/proc/{pid}/ns/pid") == pidns:
+                argv = _argv(pid)
+                if argv and _alive(pid):
+                    found.append((pid, argv))
+        return found
+
+    def command(self, argv: Sequence[str]) -> list[str]:
+        init = self.init_pid()
+        if not init:
+            raise LabError("the runner is not running")
+        return ["nsenter", "-t", str(init), "-U", "-m", "-n", "-p", "-u", "-i", "-C",
+                f"--wd=/proc/{init}/root/root", "--", *argv]  # resolved in the container
+
+    def write_file(self, path: str, data: bytes, mode: int = 0o600) -> None:
+        from dapfab.quoting import quote
+
+        d = path.rsplit("/", 1)[0] or "/"
+        script = (f"umask 077 && mkdir -p {quote(d)} && cat > {quote(path)} && "
+                  f"chmod {mode:o} {quote(path)}")
+        done = subprocess.run(self.command(["/bin/sh", "-c", script]), input=data,
+                              capture_output=True, env=self.env(), timeout=30)
+        if done.returncode:
+            raise LabError(f"writing {path} in the runner: {done.stderr.decode().strip()}")
+
+    def kubeconfig(self, text: bytes) -> bytes:
+        """The cluster's kubeconfig as the container sees it: the API on the proxy's
+        loopback address (the server certificate names 127.0.0.1 too)."""
+        cluster = f"https://{self.lab.cluster_address}:{CLUSTER_PORT}"
+        return text.replace(cluster.encode(), f"https://127.0.0.1:{CLUSTER_PORT}".encode())

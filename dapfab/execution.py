@@ -160,6 +160,8 @@ class RemoteProcess:
         self.started = threading.Event()
         self._send_lock = threading.Lock()
         self._early_stderr = bytearray()
+        self._stderr_tail = bytearray()
+        self._stderr_at_line_start = True
         self._threads: list[threading.Thread] = []
         self._session: Any = None
         self.link: Any = None
@@ -259,7 +261,29 @@ class RemoteProcess:
                 if not self.started.wait(0.05):
                     continue
                 data, self._early_stderr = bytes(self._early_stderr), bytearray()
+            self._emit_stderr(data)
+
+    def _emit_stderr(self, data: bytes) -> None:
+        """Pass the command's stderr on, holding back a last line that may be the exec
+        server's own error for exit 126/127 (see :data:`launcher.EXIT_ERROR_LINES`)."""
+        data = bytes(self._stderr_tail) + data
+        cut = data.rfind(b"\n", 0, len(data) - 1) + 1
+        if cut == 0 and not self._stderr_at_line_start:
+            cut = len(data)
+        last = data[cut:]
+        if any(line.startswith(last) for line in launcher.EXIT_ERROR_LINES.values()):
+            self._stderr_tail, data = bytearray(last), data[:cut]
+        else:
+            self._stderr_tail = bytearray()
+        if data:
+            self._stderr_at_line_start = data.endswith(b"\n")
             self.on_stderr(data)
+
+    def _finish_stderr(self, code: int) -> None:
+        """Drop the exec server's error line that follows exit 126/127; flush anything else."""
+        tail, self._stderr_tail = bytes(self._stderr_tail), bytearray()
+        if tail and tail != launcher.EXIT_ERROR_LINES.get(code):
+            self.on_stderr(tail)
 
     def _pump_stdin(self) -> None:
         try:
@@ -305,8 +329,9 @@ class RemoteProcess:
                 code, bytes(self._early_stderr), incus=cfg.incus, vm_name=cfg.vm_name
             )
         if self._early_stderr:
-            self.on_stderr(bytes(self._early_stderr))
+            self._emit_stderr(bytes(self._early_stderr))
             self._early_stderr.clear()
+        self._finish_stderr(code)
         self.finished = True
         return code
 

@@ -132,6 +132,11 @@ def runner_failure(exit_code: int, stderr: bytes, *, incus: str, vm_name: str) -
     )
 
 
+# When the top process exits 127 or 126, the Incus and LXD exec servers report an error
+# that the client prints as the last line of its stderr (exit code unchanged); the command's
+# own stderr never ends with it unless the command printed it itself.
+EXIT_ERROR_LINES = {127: b"Error: Command not found\n", 126: b"Error: Command not executable\n"}
+
 EOF_FRAME = b"e\n"
 HEARTBEAT_FRAME = b"h\n"
 QUIT_FRAME = b"q\n"

@@ -249,6 +249,11 @@ def exec_command(project: str, args: list[str]) -> int:
     return Session(int(pid), positional[1:], env, cwd, uid, gid, interactive, stdin_null).run()
 
 
+# The server turns these exit codes of the top process into errors, which the client prints
+# after the command's output (Incus and LXD alike: `lxcCmd.Wait`); the exit code stays.
+EXIT_ERRORS = {127: "Command not found", 126: "Command not executable"}
+
+
 class Session:
     """One ``exec``: this process relays the streams; a monitor process owns the command."""
 
@@ -350,7 +355,8 @@ class Monitor:
                 if failure:
                     number, _, text = failure.partition(b" ")
                     code = int(number)
-                    self._send(b"E" + text.replace(b"\n", b" ") + b"\n")
+                    if code not in EXIT_ERRORS:  # those say only what EXIT_ERRORS says
+                        self._send(b"E" + text.replace(b"\n", b" ") + b"\n")
                 self._send(b"X%d\n" % code)
                 return 0
             messages = os.read(self.signals_r, 4096)
@@ -494,7 +500,10 @@ class Relay:
                             sys.stderr.write(message[1:].decode(errors="replace") + "\n")
                         elif message[:1] == b"X":
                             self._drain()
-                            return int(message[1:])
+                            code = int(message[1:])
+                            if code in EXIT_ERRORS:
+                                sys.stderr.write(f"Error: {EXIT_ERRORS[code]}\n")
+                            return code
                 elif what == "stdin":
                     if mask & 4:
                         self._flush_stdin()

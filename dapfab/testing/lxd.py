@@ -239,6 +239,9 @@ class LxdRunner(RunnerBackend):
         daemon socket at the client's default path, the system's ``lxc`` hidden."""
         lab = self.lab
         shutil.copy2(CLIENT, self.client_path)
+        # A client that was used before: no first-run banner on stderr.
+        (lab.state_dir / "mgmt" / "home" / ".config" / "lxc").mkdir(mode=0o700, parents=True,
+                                                                     exist_ok=True)
         Path("/var/lib/lxd").mkdir(mode=0o711, exist_ok=True)
         hide = lab.state_dir / "mgmt" / "hide-bin"
         hide.mkdir(exist_ok=True)

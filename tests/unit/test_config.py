@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 from invoke import Config, Context
+from invoke.util import yaml  # the parser Invoke itself reads invoke.yaml with
 
 from dapfab.config import (
     DEFAULTS,

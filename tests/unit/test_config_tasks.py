@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+from invoke.util import yaml  # the parser Invoke itself reads invoke.yaml with
 
 TASKS_PY = """\
 from invoke import Collection

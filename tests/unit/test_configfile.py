@@ -7,7 +7,7 @@ import stat
 import subprocess
 
 import pytest
-import yaml
+from invoke.util import yaml  # the parser Invoke itself reads invoke.yaml with
 
 from dapfab import configfile
 from dapfab.configfile import export_lines, write_dap_section

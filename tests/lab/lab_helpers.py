@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import time
 
 PYTHON = "/usr/bin/python3"  # present in every host; /root (and pyenv) is private there
 
 PROBE = """
 import errno, socket, sys
+from dapfab.testing.waiting import wait_until
 s = socket.socket()
 s.settimeout(float(sys.argv[3]))
 try:
@@ -34,18 +34,6 @@ def ssh(lab, host: str, command: str, **kwargs) -> subprocess.CompletedProcess:
     kwargs.setdefault("text", True)
     kwargs.setdefault("timeout", 60)
     return subprocess.run(["ssh", "-F", lab.ssh_config, host, command], **kwargs)
-
-
-def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
-    """Poll ``predicate`` until it returns something true (behavioural deadline)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def find(lab, host: str, marker: str) -> list[tuple[int, list[str]]]:

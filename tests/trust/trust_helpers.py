@@ -86,18 +86,6 @@ def wait_no_leftovers(lab, timeout: float = 20.0) -> dict[str, list]:
         time.sleep(0.2)
 
 
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
-    """Poll ``predicate`` until it returns something true (a behavioural deadline)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
-
-
 def start_cli(lab, *argv: str, env: dict | None = None, drop: tuple[str, ...] = (),
               **kwargs) -> subprocess.Popen:
     """Start the CLI in the background (the caller waits for or kills it by its PID)."""

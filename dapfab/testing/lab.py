@@ -437,7 +437,7 @@ class Lab:
         """Remove everything of this lab id: processes, namespaces, veths, routes, files."""
         # nsfs files under /run/netns are bind mounts: stat gives the namespace's inode
         with contextlib.suppress(Exception):  # first: a backend's daemon stops cleanly
-            self.backend.down()
+            self._built_backend().down()
         inodes = {f"net:[{os.stat(f'/run/netns/{n}').st_ino}]" for n in self._lab_netns()}
         for _ in range(50):
             pids = [p for p in _all_processes() if _ns_inode(f"/proc/{p}/ns/net") in inodes]
@@ -459,6 +459,15 @@ class Lab:
         self._state = None
         self._cut.clear()
         self._frozen.clear()
+
+    def _built_backend(self) -> RunnerBackend:
+        """The backend the lab was built with (``lab.down`` may not name it)."""
+        with contextlib.suppress(LabError, ValueError, KeyError):
+            name = self.state()["backend"]
+            if name != self.backend_name and name in BACKENDS:
+                module, _, cls = BACKENDS[name].partition(":")
+                return getattr(importlib.import_module(module), cls)(self)
+        return self.backend
 
     def _reap(self) -> None:
         for proc in list(self._children):

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from dapfab.execution import RemoteProcess
 from dapfab.launcher import EXIT_ERROR_LINES
 from dapfab.testing.plugin import lab_unavailable
 
@@ -294,28 +293,3 @@ def test_unshare_kill_child_tears_the_whole_tree_down_when_the_client_dies(lab, 
     wait_until(lambda: not find(lab, "runner", marker)
                and not [a for _, a in lab.processes("runner") if a == ["sleep", "1000"]],
                what="the whole tree to go")
-
-
-# -- dapfab's side of the 126/127 error line (no lab) ------------------------------------
-
-
-@pytest.mark.parametrize(("chunks", "code", "expected"), [
-    ([b"err\n", b"Error: Command not found\n"], 127, b"err\n"),
-    ([b"err\nError: Command not found\n"], 127, b"err\n"),
-    ([b"Error: Comm", b"and not found\n"], 127, b""),
-    ([b"Error: Command not executable\n"], 126, b""),
-    ([b"Error: Command not found\n"], 0, b"Error: Command not found\n"),
-    ([b"Error: Command not found\n"], 126, b"Error: Command not found\n"),
-    ([b"partial Error: Command not found\n"], 127, b"partial Error: Command not found\n"),
-    ([b"x", b"Error: Command not found\n"], 127, b"xError: Command not found\n"),
-    ([b"Err", b"or: other\n", b"E"], 1, b"Error: other\nE"),
-])
-def test_dapfab_drops_only_the_servers_last_error_line(chunks, code, expected):
-    proc = RemoteProcess.__new__(RemoteProcess)
-    out: list[bytes] = []
-    proc.on_stderr = out.append
-    proc._stderr_tail, proc._stderr_at_line_start = bytearray(), True
-    for chunk in chunks:
-        proc._emit_stderr(chunk)
-    proc._finish_stderr(code)
-    assert b"".join(out) == expected

@@ -8,7 +8,6 @@ PYTHON = "/usr/bin/python3"  # present in every host; /root (and pyenv) is priva
 
 PROBE = """
 import errno, socket, sys
-from dapfab.testing.waiting import wait_until
 s = socket.socket()
 s.settimeout(float(sys.argv[3]))
 try:

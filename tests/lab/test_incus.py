@@ -8,7 +8,9 @@ import subprocess
 import time
 
 import pytest
-from lab_helpers import PYTHON, find, ppid, ssh, wait_until
+from lab_helpers import PYTHON, find, ppid, ssh
+
+from dapfab.testing.waiting import wait_until
 
 pytestmark = pytest.mark.lab
 

@@ -7,9 +7,10 @@ import signal
 import subprocess
 
 import pytest
-from lab_helpers import find, ssh, wait_until
+from lab_helpers import find, ssh
 
 from dapfab.testing.lab import Lab
+from dapfab.testing.waiting import wait_until
 
 pytestmark = pytest.mark.lab
 

@@ -418,8 +418,7 @@ class Lab:
         if proc.poll() is not None:
             log = (d / "cluster.log").read_text(errors="replace")[-3000:]
             raise LabError(f"the cluster exited with {proc.returncode}:\n{log}")
-        self.backend.write_file("/root/.kube/config",
-                                self.backend.kubeconfig((d / "kubeconfig").read_bytes()))
+        self.backend.write_file("/root/.kube/config", (d / "kubeconfig").read_bytes())
 
     def exists(self) -> bool:
         """True if anything of this lab id exists (a running or a stale lab)."""
@@ -724,10 +723,6 @@ class RunnerBackend:
 
     def start(self) -> None:
         raise NotImplementedError
-
-    def kubeconfig(self, text: bytes) -> bytes:
-        """The cluster's kubeconfig as the runner needs it (default: unchanged)."""
-        return text
 
     def running(self) -> bool:
         raise NotImplementedError

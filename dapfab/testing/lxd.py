@@ -2,16 +2,14 @@
 
 ::
 
-    mgmt (lxc client) --unix socket--> lxd daemon (netns dfl{N}-runner) --eth1-- cluster
-                                          |
-                                          +-- container lab-runner (no NIC; proxy device
-                                              127.0.0.1:6443 -> cluster:6443)
+    mgmt (lxc) --unix socket--> lxd daemon, netns dfl{N}-runner --eth1-- cluster
+                                   | dfl{N}-vm (veth, NAT out of eth1)
+                                   +-- container lab-runner: eth0 (p2p NIC), default route
 
 The daemon runs with ``LXD_DIR=/var/lib/dapfab-lab/lxd{N}`` in a network namespace of its
-own that reaches the cluster only (as a runner host's uplink would); the laptop and mgmt
-cannot reach the cluster. The container has no network device: the cluster API reaches it
-through an LXD proxy device that listens on the container's loopback and connects from the
-daemon's namespace. mgmt runs the real ``/usr/bin/lxc`` (a copy in the lab's bin directory,
+own, the runner host: its uplink ``eth1`` reaches the cluster, and the container's traffic
+leaves through it masqueraded, like an instance behind an Incus bridge. The laptop and mgmt
+have no route to it. mgmt runs the real ``/usr/bin/lxc`` (a copy in the lab's bin directory,
 named ``lxc``); in mgmt's mount namespace the lab's LXD_DIR is bind-mounted on
 ``/var/lib/lxd`` (the client's default socket) and ``/usr/bin/lxc`` is hidden, so removing the
 copy gives ``command not found`` as on a host without LXD.
@@ -35,7 +33,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dapfab.testing.lab import (
-    CLUSTER_PORT,
     SYSCTLS,
     LabError,
     RunnerBackend,
@@ -50,7 +47,7 @@ from dapfab.testing.lab import (
 CACHE_DIR = Path("/var/cache/dapfab-lab")
 LXD_ROOT = Path("/var/lib/dapfab-lab")
 # Bump when the image recipe changes: the cached tarball and the imported alias follow it.
-IMAGE_VERSION = "1"
+IMAGE_VERSION = "2"
 IMAGE_ALIAS = f"dapfab-lab-runner-v{IMAGE_VERSION}"
 KUBECTL = "/usr/lib/google-cloud-sdk/bin/kubectl.1.32"
 PACKAGES = "bash,coreutils,util-linux,curl,procps,iproute2,ca-certificates"
@@ -127,6 +124,9 @@ def build_image(cache: Path = CACHE_DIR) -> Path:
     shutil.copyfile(KUBECTL, kubectl)
     kubectl.chmod(0o755)
     (rootfs / "etc" / "hostname").write_text("lab-runner\n")
+    (rootfs / "etc" / "hosts").write_text("127.0.0.1 localhost\n127.0.1.1 lab-runner\n"
+                                          "::1 localhost ip6-localhost ip6-loopback\n")
+    (rootfs / "etc" / "resolv.conf").unlink(missing_ok=True)  # the build host's; no DNS here
     shutil.rmtree(rootfs / "var" / "cache" / "apt" / "archives", ignore_errors=True)
     arch = os.uname().machine
     (work / "metadata.yaml").write_text(METADATA.format(arch=arch, date=int(time.time())))
@@ -135,7 +135,17 @@ def build_image(cache: Path = CACHE_DIR) -> Path:
          what="tar the runner image", timeout=600)
     tmp.replace(image)
     shutil.rmtree(work, ignore_errors=True)
+    for old in cache.glob("runner-v*.tar"):  # an older recipe's image
+        if old != image:
+            old.unlink()
     return image
+
+
+def _quiet_client(home: Path) -> None:
+    """A client config in ``home``, as after a first use: no first-run banner on stderr."""
+    conf = home / ".config" / "lxc"
+    conf.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (conf / "config.yml").touch(mode=0o600)
 
 
 class LxdRunner(RunnerBackend):
@@ -152,6 +162,16 @@ class LxdRunner(RunnerBackend):
     def lxd_dir(self) -> Path:
         """The daemon's LXD_DIR: persistent, so the imported image survives ``lab.down``."""
         return LXD_ROOT / f"lxd{self.lab.lab_id}"
+
+    @property
+    def host_veth(self) -> str:
+        """The host side of the container's NIC, in the daemon's namespace."""
+        return f"{self.lab.prefix}vm"
+
+    def vm_address(self, key: str, prefix: bool = True) -> str:
+        """The container's (``runner@mgmt``) or its gateway's (``mgmt@runner``) address."""
+        address = self.lab.addresses[key]
+        return address if prefix else address.split("/")[0]
 
     @property
     def socket(self) -> Path:
@@ -205,6 +225,10 @@ class LxdRunner(RunnerBackend):
         aliases = json.loads(self.lxc("query", "/1.0/images/aliases"))
         if f"/1.0/images/aliases/{IMAGE_ALIAS}" in aliases:
             return
+        for old in aliases:  # an older recipe's image
+            name = old.rsplit("/", 1)[1]
+            if name.startswith("dapfab-lab-runner-v"):
+                self.lxc("image", "delete", name, what="lxc image delete")
         image = build_image()
         self.lxc("image", "import", str(image), "--alias", IMAGE_ALIAS, timeout=600)
 
@@ -214,13 +238,21 @@ class LxdRunner(RunnerBackend):
         lab, a = self.lab, self.lab.addresses
         ensure_packages()
         self.dir.mkdir(mode=0o700, exist_ok=True)
+        _quiet_client(self.dir)
         ns, cluster = lab.netns("runner"), lab.netns("cluster")
         _ip("netns", "add", ns)
         _ip(netns=ns, batch=["link set lo up",
                              f"link add eth1 type veth peer name eth0 netns {cluster}",
                              f"addr add {a['runner@cluster']} dev eth1", "link set eth1 up"])
         _ip(netns=cluster, batch=[f"addr add {a['cluster@runner']} dev eth0", "link set eth0 up"])
-        lab.run("runner", SYSCTLS, env=None, via_netns=True)
+        lab.run("runner", SYSCTLS + "; echo 1 > /proc/sys/net/ipv4/ip_forward", env=None,
+                via_netns=True)
+        nat = (f"table ip dapfab_lab_nat {{\n  chain postrouting {{\n"
+               f"    type nat hook postrouting priority 100; oifname \"eth1\" ip saddr "
+               f"{self.vm_address('runner@mgmt', prefix=False)} masquerade\n  }}\n}}\n")
+        done = lab.run("runner", ["nft", "-f", "-"], input=nat, env=None, via_netns=True)
+        if done.returncode:
+            raise LabError(f"nft on the runner host: {done.stderr.strip()}")
         self._start_daemon()
         self._preseed()
         self._import_image()
@@ -228,9 +260,8 @@ class LxdRunner(RunnerBackend):
             self.lxc("delete", "--force", self.vm_name)
         self.lxc("init", IMAGE_ALIAS, self.vm_name, "-c", "security.privileged=false",
                  what="lxc init")
-        self.lxc("config", "device", "add", self.vm_name, "kubeapi", "proxy", "bind=instance",
-                 f"listen=tcp:127.0.0.1:{CLUSTER_PORT}",
-                 f"connect=tcp:{lab.cluster_address}:{CLUSTER_PORT}", what="lxc proxy device")
+        self.lxc("config", "device", "add", self.vm_name, "eth0", "nic", "nictype=p2p",
+                 f"host_name={self.host_veth}", "name=eth0", what="lxc nic device")
         self._install_client()
         self.start()
 
@@ -239,9 +270,7 @@ class LxdRunner(RunnerBackend):
         daemon socket at the client's default path, the system's ``lxc`` hidden."""
         lab = self.lab
         shutil.copy2(CLIENT, self.client_path)
-        # A client that was used before: no first-run banner on stderr.
-        (lab.state_dir / "mgmt" / "home" / ".config" / "lxc").mkdir(mode=0o700, parents=True,
-                                                                     exist_ok=True)
+        _quiet_client(lab.state_dir / "mgmt" / "home")
         Path("/var/lib/lxd").mkdir(mode=0o711, exist_ok=True)
         hide = lab.state_dir / "mgmt" / "hide-bin"
         hide.mkdir(exist_ok=True)
@@ -267,11 +296,16 @@ class LxdRunner(RunnerBackend):
             raise LabError(f"the container has no running init: {state.get('status')}")
         self.lab.state()["runner_init"] = pid
         self.lab._save()
-        # Without a NIC LXD leaves the loopback down; the proxy device listens on it.
-        done = subprocess.run(self.command(["ip", "link", "set", "lo", "up"]),
+        # No DHCP here: the network is configured as a cloud-init would, from outside.
+        gateway = self.vm_address("mgmt@runner")
+        _ip(netns=self.lab.netns("runner"), batch=[
+            f"addr replace {gateway} dev {self.host_veth}", f"link set {self.host_veth} up"])
+        script = (f"ip link set lo up && ip addr add {self.vm_address('runner@mgmt')} dev eth0 && "
+                  f"ip link set eth0 up && ip route add default via {gateway.split('/')[0]}")
+        done = subprocess.run(self.command(["/bin/sh", "-c", script]),
                               capture_output=True, text=True, env=self.env(), timeout=30)
         if done.returncode:
-            raise LabError(f"bringing up the runner's loopback: {done.stderr.strip()}")
+            raise LabError(f"configuring the runner's network: {done.stderr.strip()}")
 
     def stop(self) -> None:
         init = self.init_pid()
@@ -332,9 +366,3 @@ class LxdRunner(RunnerBackend):
                               capture_output=True, env=self.env(), timeout=30)
         if done.returncode:
             raise LabError(f"writing {path} in the runner: {done.stderr.decode().strip()}")
-
-    def kubeconfig(self, text: bytes) -> bytes:
-        """The cluster's kubeconfig as the container sees it: the API on the proxy's
-        loopback address (the server certificate names 127.0.0.1 too)."""
-        cluster = f"https://{self.lab.cluster_address}:{CLUSTER_PORT}"
-        return text.replace(cluster.encode(), f"https://127.0.0.1:{CLUSTER_PORT}".encode())

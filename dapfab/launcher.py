@@ -111,6 +111,13 @@ def runner_failure(exit_code: int, stderr: bytes, *, incus: str, vm_name: str) -
             f"`{incus}` is not installed on the management host ({detail})",
             hint="install incus there, or set dap.runner.incus (e.g. `lxc` for LXD)",
         )
+    if exit_code in EXIT_ERROR_LINES and text.endswith(EXIT_ERROR_LINES[exit_code].decode().strip()):
+        # The server's own words for a top process that exits 127/126: here, the launcher's
+        # `unshare` or `bash` is missing in the VM (not the VM itself).
+        return RunnerError(
+            f"the launcher could not start in VM {vm_name} ({detail})",
+            hint="the VM needs bash and util-linux (unshare); `inv config.doctor` checks it",
+        )
     if "not found" in lowered and errors:
         return RunnerError(
             f"VM {vm_name} not found ({detail})",

@@ -34,3 +34,14 @@ def test_dapfab_drops_only_the_servers_last_error_line(chunks, code, expected):
         proc._emit_stderr(chunk)
     proc._finish_stderr(code)
     assert b"".join(out) == expected
+
+
+@pytest.mark.parametrize("code", [127, 126])
+def test_the_servers_error_line_before_the_launcher_started_is_no_missing_vm(code):
+    from dapfab.launcher import EXIT_ERROR_LINES, runner_failure
+
+    err = runner_failure(code, EXIT_ERROR_LINES[code], incus="lxc", vm_name="lab-runner")
+    assert err.exit_code == 125
+    assert "could not start in VM lab-runner" in str(err)
+    assert "not found" not in str(runner_failure(1, b"Error: Instance is not running\n",
+                                                 incus="lxc", vm_name="v")).replace("running", "")

@@ -236,6 +236,7 @@ class RemoteProcess:
             data = self.channel.recv(READ_SIZE)
             if not data:
                 break
+            self.link.nudge()
             if not self.started.is_set():
                 head += data
                 if len(head) < len(marker):
@@ -255,6 +256,7 @@ class RemoteProcess:
             data = self.channel.recv_stderr(READ_SIZE)
             if not data:
                 break
+            self.link.nudge()
             if not self.started.is_set():
                 # Until the launcher has started, stderr may be the runner hop's own error.
                 self._early_stderr += data
@@ -306,7 +308,13 @@ class RemoteProcess:
     def wait(self, timeout: float | None = None) -> int:
         """Wait for the command; its exit code, or a DapError for a broken hop."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.channel.status_event.wait(0.1):
+        # Poll fast at first and nudge the far side (see Link.nudge): short commands then
+        # finish in a few ms instead of waiting out a delayed ACK on the gateway.
+        interval = 0.002
+        while not self.channel.status_event.wait(interval):
+            if interval < 0.05:
+                self.link.nudge()
+            interval = min(interval * 2, 0.1)
             if not self.link.transport.is_active() or (
                 self.channel.closed and not self.channel.exit_status_ready()
             ):

@@ -12,6 +12,7 @@ import pytest
 from dapfab import run_in_runner
 from dapfab.errors import CommandError, ConfigError, HostKeyError
 from dapfab.quoting import join
+from dapfab.testing.kubectl_plugins import install_kubectl_plugins
 
 pytestmark = pytest.mark.lab
 
@@ -57,13 +58,7 @@ PLUGINS = {
 @pytest.fixture
 def plugins(lab, runner_config):
     """Install the test's kubectl plugins in the runner user's ~/bin, put on its login PATH."""
-    script = [
-        "mkdir -p ~/bin",
-        "{ grep -qs dapfab-test ~/.profile || echo 'PATH=$HOME/bin:$PATH # dapfab-test' >> ~/.profile; }",
-    ]
-    for name, body in PLUGINS.items():
-        script.append(f"printf %s {join([body])} > ~/bin/{name} && chmod +x ~/bin/{name}")
-    run_in_runner(runner_config, " && ".join(script), hide=True)
+    install_kubectl_plugins(runner_config, PLUGINS)
     path = run_in_runner(runner_config, "command -v kubectl-dump_argv", hide=True).stdout
     assert path.strip().endswith("/bin/kubectl-dump_argv")
 

@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 from trust_helpers import PLUGINS, REPO, Done, cli_argv, cli_env, wait_no_leftovers
 
-from dapfab.quoting import join
-
 
 @pytest.fixture
 def cli(lab):
@@ -32,15 +30,9 @@ def cli(lab):
 def plugins(lab, runner_config) -> Iterator[None]:
     """Install the kubectl plugins of these tests in the runner user's ~/bin."""
     from dapfab.connection import POOL
-    from dapfab.execution import run_in_runner
+    from dapfab.testing.kubectl_plugins import install_kubectl_plugins
 
-    script = [
-        "mkdir -p ~/bin",
-        "{ grep -qs dapfab-test ~/.profile || echo 'PATH=$HOME/bin:$PATH # dapfab-test' >> ~/.profile; }",
-    ]
-    for name, body in PLUGINS.items():
-        script.append(f"printf %s {join([body])} > ~/bin/{name} && chmod +x ~/bin/{name}")
-    run_in_runner(runner_config, " && ".join(script), hide=True)
+    install_kubectl_plugins(runner_config, PLUGINS)
     POOL.close_all()  # no connection of this process may look like a leftover
     yield
 

@@ -484,7 +484,11 @@ class Relay:
                 self._watch(self.fds[key], 1, target)
         self._watch(self.status_r, 1, "status")
         buffer = b""
+        exited: int | None = None
         while True:
+            if exited is not None and not any(
+                    self.fds[key] in self.watched for key in ("out", "err") if self.fds[key] is not None):
+                return self._exited(exited)
             for fd, _events in self.poller.poll():
                 mask, what = self.watched.get(fd, (0, None))
                 if what == "status":
@@ -499,11 +503,15 @@ class Relay:
                             self._drain()
                             sys.stderr.write(message[1:].decode(errors="replace") + "\n")
                         elif message[:1] == b"X":
-                            self._drain()
-                            code = int(message[1:])
-                            if code in EXIT_ERRORS:
-                                sys.stderr.write(f"Error: {EXIT_ERRORS[code]}\n")
-                            return code
+                            if self.interactive:
+                                self._drain()
+                                return self._exited(int(message[1:]))
+                            # Without a pty the server mirrors the command's stdout and
+                            # stderr until their last writer closes them (LXD 5.0, measured;
+                            # Incus's exec wrapper ends early on a pty's EIO only): a
+                            # background child holding them keeps the client waiting.
+                            exited = int(message[1:])
+                            self._unwatch(self.status_r)
                 elif what == "stdin":
                     if mask & 4:
                         self._flush_stdin()
@@ -511,6 +519,12 @@ class Relay:
                         self._read_stdin()
                 elif what is not None:
                     self._copy(fd, what)
+
+    @staticmethod
+    def _exited(code: int) -> int:
+        if code in EXIT_ERRORS:
+            sys.stderr.write(f"Error: {EXIT_ERRORS[code]}\n")
+        return code
 
     def _read_stdin(self) -> None:
         try:

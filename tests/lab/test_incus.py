@@ -146,12 +146,14 @@ SIGNALS = ["TERM", "INT", "QUIT", "USR1", "USR2", "HUP"]
 
 # The top process traps every signal; its child restores the default action for all of
 # them (bash makes background children ignore INT and QUIT), so a signal sent to the
-# process group would kill the child.
+# process group would kill the child. The child lets go of stdout and stderr once ready:
+# without a pty the client waits until the output's last writer closes it.
 TRAPPER = """
 for s in TERM INT QUIT USR1 USR2 HUP; do trap "echo got-$s; exit 0" $s; done
 {python} -I -c 'import signal, time
 for s in "TERM INT QUIT USR1 USR2 HUP".split(): signal.signal(getattr(signal, "SIG" + s), signal.SIG_DFL)
 print("ready", flush=True)
+import os; null = os.open(os.devnull, os.O_WRONLY); os.dup2(null, 1); os.dup2(null, 2)
 time.sleep(1000)' {marker} &
 wait
 """

@@ -41,6 +41,12 @@ def runner_lab(request: pytest.FixtureRequest) -> Iterator[object]:
         lab.down()
 
 
+@pytest.fixture(autouse=True)
+def _lab_restore() -> Iterator[None]:
+    """The plugin's restore would look for its session lab; ``lab`` below restores."""
+    yield
+
+
 @pytest.fixture
 def lab(runner_lab) -> Iterator[object]:
     """The module's lab, restored after each test."""
@@ -90,6 +96,24 @@ def find(lab, host: str, marker: str) -> list[tuple[int, list[str]]]:
 def ppid(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
         return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def duration(marker: str) -> str:
+    """A `sleep` argument unique to the test: its processes are found by argv."""
+    return f"1000.{int(marker[1:], 16) % 10**6}"
+
+
+def host_pids(argv: list[str]) -> list[int]:
+    """Every process on this machine with exactly ``argv`` (nested PID namespaces too)."""
+    found = []
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                if f.read().split(b"\0")[:-1] == [a.encode() for a in argv]:
+                    found.append(int(name))
+        except (OSError, ValueError):
+            pass
+    return found
 
 
 def kill_all(lab, host: str, marker: str) -> None:
@@ -149,12 +173,24 @@ def test_the_command_runs_as_root_in_root_home_with_cwd_and_env(lab):
 
 
 def test_force_interactive_gives_a_pty_and_merges_the_streams(lab):
-    done = client(lab, "exec", "-t", lab.vm_name, "--", "sh", "-c", "tty; echo err >&2",
-                  stdin=None, input="")
-    assert done.returncode == 0
-    lines = done.stdout.split("\r\n")
-    assert lines[0].startswith("/dev/pts/") and lines[1] == "err"
-    assert done.stderr == ""
+    proc = lab.popen("mgmt", [lab.incus, "exec", "-t", lab.vm_name, "--", "sh", "-c",
+                              "tty; echo err >&2"],
+                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out = proc.stdout.read()
+        proc.stdin.close()
+        assert proc.wait(20) == 0
+        lines = out.decode().split("\r\n")
+        assert lines[0].startswith("/dev/pts/") and lines[1] == "err"
+        assert proc.stderr.read() == b""
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_without_a_pty_the_client_waits_for_whoever_holds_the_output(lab):
+    done = client(lab, "exec", lab.vm_name, "--", "sh", "-c", "(sleep 1; echo late) & echo early")
+    assert (done.returncode, done.stdout) == (0, "early\nlate\n")
 
 
 # -- instance state ----------------------------------------------------------------------
@@ -201,29 +237,30 @@ def test_without_the_client_the_login_shell_says_command_not_found(lab):
 # process group would kill the child.
 TRAPPER = """
 for s in TERM INT QUIT HUP; do trap "echo got-$s; exit 0" $s; done
-env --default-signal sh -c 'echo ready; exec sleep 1000' {marker} &
+env --default-signal sleep {duration} >/dev/null 2>&1 &
+echo ready
 wait
 """
 
 
 @pytest.mark.parametrize("name", ["TERM", "INT", "QUIT", "HUP"])
 def test_a_signal_to_the_client_reaches_the_top_process_only(lab, marker, name):
-    proc = start_exec(lab, "bash", "-c", TRAPPER.format(marker=marker))
+    child = ["sleep", duration(marker)]
+    proc = start_exec(lab, "bash", "-c", TRAPPER.format(duration=child[1]))
     try:
         assert proc.stdout.readline() == b"ready\n"
-        wait_until(lambda: [a for _, a in lab.processes("runner") if a == ["sleep", "1000"]],
-                   what="the child to exec")
+        wait_until(lambda: child in [a for _, a in lab.processes("runner")], what="the child")
         proc.send_signal(getattr(signal, f"SIG{name}"))
         out, _ = proc.communicate(timeout=20)
         expected = "TERM" if name == "HUP" else name  # HUP goes on as TERM without a tty
         assert out == f"got-{expected}\n".encode()
         assert proc.returncode == 0
-        assert [a for _, a in lab.processes("runner") if a == ["sleep", "1000"]], \
+        assert child in [a for _, a in lab.processes("runner")], \
             "the child in the top process's group was signalled"
     finally:
         proc.kill()
         proc.wait()
-        kill_all(lab, "runner", "1000")
+        kill_all(lab, "runner", child[1])
 
 
 def test_when_the_client_dies_only_the_top_process_is_killed(lab, marker):
@@ -247,12 +284,17 @@ def test_when_the_client_dies_only_the_top_process_is_killed(lab, marker):
 
 
 def test_bash_lc_execs_a_simple_command_so_it_dies_with_the_client(lab, marker):
-    proc = start_exec(lab, "bash", "-lc", f"echo ready; exec sleep 1000 {marker}")
-    assert proc.stdout.readline() == b"ready\n"
-    wait_until(lambda: find(lab, "runner", marker), what="the command")
-    proc.kill()
-    proc.wait()
-    wait_until(lambda: not find(lab, "runner", marker), what="the command to be killed")
+    command = ["sleep", duration(marker)]
+    proc = start_exec(lab, "bash", "-lc", " ".join(command))
+    try:
+        wait_until(lambda: command in [a for _, a in lab.processes("runner")], what="the command")
+        proc.kill()
+        proc.wait()
+        wait_until(lambda: command not in [a for _, a in lab.processes("runner")],
+                   what="the command to be killed")
+    finally:
+        proc.kill()
+        kill_all(lab, "runner", command[1])
 
 
 def test_stdin_passes_through_ssh_and_the_client_to_its_eof(lab):
@@ -283,13 +325,17 @@ def test_killing_ssh_without_a_pty_leaves_command_and_client_running(lab, marker
 
 
 def test_unshare_kill_child_tears_the_whole_tree_down_when_the_client_dies(lab, marker):
+    child = ["sleep", duration(marker)]
     proc = start_exec(lab, "unshare", "--pid", "--mount-proc", "--fork", "--kill-child", "--",
-                      "bash", "-c", f"sleep 1000 & sleep 1000 & echo ready; wait; : {marker}")
-    assert proc.stdout.readline() == b"ready\n"
-    wait_until(lambda: len([a for _, a in lab.processes("runner") if a == ["sleep", "1000"]]) == 2,
-               what="both sleeps")
-    proc.kill()
-    proc.wait()
-    wait_until(lambda: not find(lab, "runner", marker)
-               and not [a for _, a in lab.processes("runner") if a == ["sleep", "1000"]],
-               what="the whole tree to go")
+                      "bash", "-c", f"{child[1]} & {child[1]} & echo ready; wait".replace(
+                          child[1], " ".join(child)))
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        wait_until(lambda: len(host_pids(child)) == 2, what="both children")
+        proc.kill()
+        proc.wait()
+        wait_until(lambda: not host_pids(child), what="the whole tree to go")
+    finally:
+        proc.kill()
+        for pid in host_pids(child):
+            os.kill(pid, signal.SIGKILL)

@@ -678,7 +678,8 @@ class Lab:
         self.backend.restore_client()
         # Orphans a test left on purpose (the incus semantics tests) must not count
         # against the next test's "nothing leaked" checks.
-        strays = [pid for pid, argv in self.processes("mgmt") if argv and "incus" in argv[0]]
+        strays = [pid for pid, argv in self.processes("mgmt")
+                  if argv and ("incus" in argv[0] or argv[0].endswith(self.incus))]
         strays += [pid for pid, _ in self.processes("runner")]
         for pid in strays:
             try:

@@ -499,9 +499,9 @@ class Lab:
             return {"lab_id": self.lab_id, "up": False, "stale": True}
         sshd = {h: _alive(state["sshd"].get(h)) for h in SSHD_HOSTS}
         return {
-            "lab_id": self.lab_id, "up": True, "backend": self.backend_name,
+            "lab_id": self.lab_id, "up": True, "backend": state.get("backend", self.backend_name),
             "namespaces": self._lab_netns(), "sshd": sshd,
-            "runner": "RUNNING" if self.backend.running() else "STOPPED",
+            "runner": "RUNNING" if self._built_backend().running() else "STOPPED",
             "cluster": _alive(state.get("cluster")),
             "addresses": {h: self.address(h) for h in HOSTS},
             "ssh_config": self.ssh_config, "runtime_config": self.runtime_config,

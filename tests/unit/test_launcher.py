@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -13,9 +14,16 @@ from dapfab import launcher
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="unshare --pid needs root")
 
 
+# A VM's clean login environment: this machine's root ~/.bashrc runs `pyenv rehash`, and
+# killing a login shell inside it (which these tests do) leaves pyenv's lock behind.
+CLEAN_HOME = tempfile.mkdtemp(prefix="dapfab-launcher-home-")
+VM_ENV = {"HOME": CLEAN_HOME, "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+
+
 def start(code: str) -> subprocess.Popen:
     proc = subprocess.Popen(
-        launcher.vm_argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        launcher.vm_argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=VM_ENV,
     )
     proc.stdin.write(launcher.command_frame(code))
     proc.stdin.flush()
@@ -75,7 +83,9 @@ def test_code_with_trailing_newlines_and_quotes_arrives_exactly():
 @pytest.mark.parametrize("how", ["quit", "eof", "silence"])
 def test_the_whole_tree_is_killed_when_the_caller_goes(how):
     marker = f"dapfab-test-{how}-{os.getpid()}"
-    proc = start(f"sleep 1000 {marker} & (sleep 1001 {marker}) & sleep 1002 {marker}")
+    # The marker is $0 of shells that stay parents of their sleep: a tree three deep.
+    hold = "bash -c 'sleep 1000; :' {}"
+    proc = start(f"{hold.format(marker)} & ({hold.format(marker)}) & {hold.format(marker)}")
     proc.stdin.write(launcher.EOF_FRAME)
     proc.stdin.flush()
     assert proc.stdout.read(len(launcher.STARTED)) == launcher.STARTED

@@ -267,8 +267,10 @@ class Bench:
             if len(ports) < 2:
                 row.note = "k8s.forward --laptop-port did not report both ports"
                 return row
+            # The background cat must not hold the exec's stderr: like LXD's exec server, the
+            # lab's incus waits for the last writer of the output before it returns.
             relay = (f"exec 3<>/dev/tcp/127.0.0.1/{ports['runner']} || exit 111\n"
-                     "cat <&0 >&3 &\nexec cat <&3\n")
+                     "cat <&0 >&3 2>/dev/null &\nexec cat <&3\n")
             script = self.tmp / "relay.sh"
             script.write_text("#!/bin/sh\nexec " + shlex.join(
                 self.ssh + ["mgmt", f"{self.incus} exec {self.vm} -- bash -c {shlex.quote(relay)}"]

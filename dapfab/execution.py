@@ -27,6 +27,9 @@ log = logging.getLogger("dapfab.execution")
 
 READ_SIZE = 1 << 18
 QUIT_GRACE = 10.0  # seconds to wait for the remote tree to be gone after `q`
+# Only replies this small can be held back by the far side's Nagle (see Link.nudge); bulk
+# output arrives in full segments and needs no nudge.
+SMALL_REPLY = 4096
 
 Sink = Callable[[bytes], None]
 
@@ -236,7 +239,8 @@ class RemoteProcess:
             data = self.channel.recv(READ_SIZE)
             if not data:
                 break
-            self.link.nudge()
+            if len(data) < SMALL_REPLY:
+                self.link.nudge()
             if not self.started.is_set():
                 head += data
                 if len(head) < len(marker):
@@ -256,7 +260,8 @@ class RemoteProcess:
             data = self.channel.recv_stderr(READ_SIZE)
             if not data:
                 break
-            self.link.nudge()
+            if len(data) < SMALL_REPLY:
+                self.link.nudge()
             if not self.started.is_set():
                 # Until the launcher has started, stderr may be the runner hop's own error.
                 self._early_stderr += data

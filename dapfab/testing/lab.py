@@ -728,8 +728,24 @@ class RunnerBackend:
     def running(self) -> bool:
         raise NotImplementedError
 
+    def init_pid(self) -> int | None:
+        """The PID (on this machine) of the runner's PID 1, if it runs."""
+        pid = self.lab.state().get("runner_init")
+        return pid if _alive(pid) else None
+
     def processes(self) -> list[tuple[int, list[str]]]:
-        raise NotImplementedError
+        """Every process in the runner's PID namespace but its PID 1, as (pid, argv)."""
+        init = self.init_pid()
+        if not init:
+            return []
+        pidns = _ns_inode(f"/proc/{init}/ns/pid")
+        found = []
+        for pid in _all_processes():
+            if pid != init and _ns_inode(f"/proc/{pid}/ns/pid") == pidns:
+                argv = _argv(pid)
+                if argv and _alive(pid):
+                    found.append((pid, argv))
+        return found
 
     def command(self, argv: Sequence[str]) -> list[str]:
         """The argv that runs ``argv`` as root inside the runner, from the laptop."""
@@ -820,10 +836,6 @@ class NetnsRunner(RunnerBackend):
         tmp.write_text(line)
         tmp.replace(self.instances_file)
 
-    def init_pid(self) -> int | None:
-        pid = self.lab.state().get("runner_init")
-        return pid if _alive(pid) else None
-
     def running(self) -> bool:
         return self.init_pid() is not None
 
@@ -865,19 +877,6 @@ class NetnsRunner(RunnerBackend):
         self.lab._save()
         _ip(netns=self.lab.netns("runner"), batch=["link set eth0 down", "link set eth1 down"])
         self._write_instances("STOPPED", None)
-
-    def processes(self) -> list[tuple[int, list[str]]]:
-        init = self.init_pid()
-        if not init:
-            return []
-        pidns = _ns_inode(f"/proc/{init}/ns/pid")
-        found = []
-        for pid in _all_processes():
-            if pid != init and _ns_inode(f"/proc/{pid}/ns/pid") == pidns:
-                argv = _argv(pid)
-                if argv and _alive(pid):
-                    found.append((pid, argv))
-        return found
 
     def command(self, argv: Sequence[str]) -> list[str]:
         init = self.init_pid()

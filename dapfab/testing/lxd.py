@@ -37,10 +37,7 @@ from dapfab.testing.lab import (
     LabError,
     RunnerBackend,
     _alive,
-    _all_processes,
-    _argv,
     _ip,
-    _ns_inode,
     _wait_for,
 )
 
@@ -279,10 +276,6 @@ class LxdRunner(RunnerBackend):
                   f'mount -t overlay dapfab-lab -o "lowerdir={hide}:/usr/bin" /usr/bin')
         lab.run("mgmt", ["/bin/sh", "-c", script], check=True)
 
-    def init_pid(self) -> int | None:
-        pid = self.lab.state().get("runner_init")
-        return pid if _alive(pid) else None
-
     def running(self) -> bool:
         return self.init_pid() is not None
 
@@ -335,19 +328,6 @@ class LxdRunner(RunnerBackend):
         # What the daemon left: processes of the container (its monitor lives in the
         # daemon's netns and is killed by lab.down) and the socket file.
         self.socket.unlink(missing_ok=True)
-
-    def processes(self) -> list[tuple[int, list[str]]]:
-        init = self.init_pid()
-        if not init:
-            return []
-        pidns = _ns_inode(f"/proc/{init}/ns/pid")
-        found = []
-        for pid in _all_processes():
-            if pid != init and _ns_inode(f"/proc/{pid}/ns/pid") == pidns:
-                argv = _argv(pid)
-                if argv and _alive(pid):
-                    found.append((pid, argv))
-        return found
 
     def command(self, argv: Sequence[str]) -> list[str]:
         init = self.init_pid()

@@ -8,6 +8,7 @@ install lxd debootstrap`` and a cached image (built on first use, about a minute
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 from dapfab.launcher import EXIT_ERROR_LINES
+from dapfab.testing import waiting
 from dapfab.testing.plugin import lab_unavailable
 
 pytestmark = pytest.mark.lab
@@ -78,15 +80,7 @@ def ssh(lab, command: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(["ssh", "-F", lab.ssh_config, "mgmt", command], **kwargs)
 
 
-def wait_until(predicate, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+wait_until = functools.partial(waiting.wait_until, timeout=15.0)
 
 
 def find(lab, host: str, marker: str) -> list[tuple[int, list[str]]]:

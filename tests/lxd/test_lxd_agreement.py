@@ -168,7 +168,9 @@ def test_the_command_runs_as_root_in_root_home_with_cwd_and_env(lab):
 
 def test_force_interactive_gives_a_pty_and_merges_the_streams(lab):
     proc = lab.popen("mgmt", [lab.incus, "exec", "-t", lab.vm_name, "--", "sh", "-c",
-                              "tty; echo err >&2"],
+                              # The pause lets the pty drain: real LXD drops what a
+                              # command writes to a pty just before it exits.
+                              "tty; echo err >&2; sleep 0.5"],
                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         out = proc.stdout.read()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 from dapfab import launcher
-from dapfab.errors import CommandError, DapError, DapTimeout
+from dapfab.errors import CommandError, DapTimeout
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
@@ -489,6 +489,3 @@ def kubectl_in_runner(
     except CommandError as err:
         err.hop = "kubectl"
         raise
-
-
-__all__ = ["DapError", "RemoteProcess", "Result", "kubectl_in_runner", "run_in_runner"]

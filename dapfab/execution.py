@@ -181,9 +181,14 @@ class RemoteProcess:
         try:
             cfg = self.config
             self.channel.exec_command(launcher.launch_command(cfg.incus, cfg.vm_name, cfg.project))
-            self._send(launcher.command_frame(self.command))
-            if self.in_stream is None:
-                self._send(launcher.EOF_FRAME)
+            try:
+                self._send(launcher.command_frame(self.command))
+                if self.in_stream is None:
+                    self._send(launcher.EOF_FRAME)
+            except OSError as exc:
+                # The exec ended before reading its command (incus missing, VM gone):
+                # wait() reports that hop from the exit status and stderr.
+                log.debug("command not sent, channel closed: %s", exc)
             for target in (self._pump_stdout, self._pump_stderr) + (
                 (self._pump_stdin,) if self.in_stream is not None else ()
             ):

@@ -176,3 +176,29 @@ def test_placeholder_host_raises_config_error_in_the_library():
 
     with pytest.raises(ConfigError):
         run_in_runner(RunnerConfig.from_env({}), "true")
+
+
+def test_runner_hop_failure_is_reported_even_when_the_channel_closed_before_the_command_was_sent(
+    lab, runner_config, monkeypatch
+):
+    """incus missing on mgmt: the exec ends at once, sometimes before the command frame
+    leaves the laptop. Hold the frame until the channel is closed, so the race always goes
+    that way: the caller must still get the runner hop's error, not a socket traceback."""
+    from dapfab.errors import RunnerError
+    from dapfab.execution import RemoteProcess
+    from dapfab.testing.waiting import wait_until
+
+    real_send = RemoteProcess._send
+
+    def late_send(self, data):
+        wait_until(lambda: self.channel.closed, timeout=10, what="the channel to close")
+        real_send(self, data)
+
+    monkeypatch.setattr(RemoteProcess, "_send", late_send)
+    lab.remove_incus()
+    try:
+        with pytest.raises(RunnerError) as caught:
+            run_in_runner(runner_config, "true", hide=True)
+    finally:
+        lab.restore_incus()
+    assert "not installed" in str(caught.value)

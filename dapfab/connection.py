@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dapfab.errors import ConfigError, DapError, HostKeyError, SSHError
@@ -231,6 +232,7 @@ class Link:
     def __init__(self, config: RunnerConfig) -> None:
         self.config = config
         self.sessions = 0
+        self.idle: list[Any] = []  # helper channels between commands; each holds a session
         self.dead_reason: str | None = None
         self.dead_hop: str | None = None  # label of the hop whose keepalives went unanswered
         self._keepalives: list[Keepalive] = []
@@ -393,57 +395,129 @@ class Link:
         self._connections.clear()
 
 
+@dataclass
+class Lease:
+    """A helper channel lent to one command; set ``keep`` to return it to the link's idle list."""
+
+    link: Link
+    channel: Any
+    fresh: bool  # a new channel: the helper still has to be started on it
+    keep: bool = False
+
+
+def _usable(channel: Any) -> bool:
+    return not (channel.closed or channel.eof_received or channel.exit_status_ready())
+
+
 class Pool:
-    """Connections shared by every call in the process, keyed by :class:`RunnerConfig`."""
+    """Connections shared by every call in the process, keyed by :class:`RunnerConfig`.
+
+    Each connection carries at most ``MAX_SESSIONS`` channels, idle helper channels included;
+    an idle helper gives up its session when a command needs the room.
+    """
 
     def __init__(self) -> None:
         self._links: dict[Any, list[Link]] = {}
         self._lock = threading.Lock()
         self.opened = 0
 
-    def _link_with_room(self, config: RunnerConfig) -> Link:
-        with self._lock:
-            links = self._links.setdefault(config, [])
-            for link in list(links):
-                if not link.alive:
-                    links.remove(link)
-                    link.close()
-            for link in links:
-                if link.sessions < MAX_SESSIONS:
-                    link.sessions += 1
-                    return link
-            link = Link(config)
-            link.sessions = 1
-            links.append(link)
-            self.opened += 1
-        return link
-
-    @contextmanager
-    def session(self, config: RunnerConfig) -> Iterator[tuple[Link, Any]]:
-        """A session channel to the management host; closed and given back on exit."""
+    def _take(self, config: RunnerConfig, *, idle: bool) -> tuple[Link, Any]:
+        """A link with a session reserved for the caller, and an idle helper channel
+        (when ``idle`` and one is there) or None."""
         if config.is_placeholder:
             raise ConfigError(
                 f"no management host configured (dap.runner.ssh_host is the placeholder "
                 f"{config.ssh_host})",
                 hint="run `inv config.init` or set DAP_RUNNER_SSH_HOST",
             )
-        link = self._link_with_room(config)
+        retired = []
+        try:
+            with self._lock:
+                links = self._links.setdefault(config, [])
+                for link in list(links):
+                    if not link.alive:
+                        links.remove(link)
+                        retired.append(link)
+                if idle:
+                    for link in links:
+                        while link.idle:
+                            channel = link.idle.pop()
+                            if _usable(channel):
+                                return link, channel
+                            retired.append(channel)
+                            link.sessions -= 1
+                for link in links:
+                    if link.sessions < MAX_SESSIONS:
+                        link.sessions += 1
+                        return link, None
+                for link in links:
+                    if link.idle:  # the session of an idle helper changes hands
+                        retired.append(link.idle.pop(0))
+                        return link, None
+                link = Link(config)
+                link.sessions = 1
+                links.append(link)
+                self.opened += 1
+                return link, None
+        finally:
+            for item in retired:
+                item.close()
+
+    def _open(self, config: RunnerConfig, link: Link) -> Any:
+        """Connect ``link`` if needed (dropping it from the pool if that fails); a new channel."""
+        try:
+            link.ensure_open()
+        except BaseException:
+            with self._lock:
+                if link in self._links.get(config, []):
+                    self._links[config].remove(link)
+            raise
+        return link.open_session()
+
+    def _give_back(self, link: Link, channel: Any, keep: bool) -> None:
+        with self._lock:
+            if keep and link.alive and _usable(channel) and link in self._links.get(link.config, []):
+                link.idle.append(channel)
+                return
+            link.sessions -= 1
+        if channel is not None:
+            channel.close()
+
+    @contextmanager
+    def session(self, config: RunnerConfig) -> Iterator[tuple[Link, Any]]:
+        """A session channel to the management host; closed and given back on exit."""
+        link, _ = self._take(config, idle=False)
         channel = None
         try:
-            try:
-                link.ensure_open()
-            except BaseException:
-                with self._lock:
-                    if link in self._links.get(config, []):
-                        self._links[config].remove(link)
-                raise
-            channel = link.open_session()
+            channel = self._open(config, link)
             yield link, channel
         finally:
-            if channel is not None:
-                channel.close()
-            with self._lock:
-                link.sessions -= 1
+            self._give_back(link, channel, keep=False)
+
+    @contextmanager
+    def helper(self, config: RunnerConfig, *, idle: bool = True) -> Iterator[Lease]:
+        """A channel for a helper command: an idle one if the pool has it (and ``idle``),
+        else a new one."""
+        link, channel = self._take(config, idle=idle)
+        lease = None
+        try:
+            lease = Lease(link, channel, fresh=channel is None)
+            if lease.fresh:
+                lease.channel = self._open(config, link)
+            yield lease
+        finally:
+            self._give_back(link, lease.channel if lease else channel, keep=bool(lease and lease.keep))
+
+    def send_idle(self, frame: bytes) -> None:
+        """Send ``frame`` (a heartbeat) to every idle helper that can take it at once."""
+        with self._lock:
+            channels = [c for group in self._links.values() for link in group for c in link.idle]
+            for channel in channels:
+                try:
+                    if channel.send_ready():
+                        channel.sendall(frame)
+                except Exception:  # a closing channel: _take drops it
+                    pass
 
     def close_all(self) -> None:
         """Close every connection (registered at exit)."""

@@ -8,8 +8,10 @@ sent in large frames; a heartbeat keeps the remote side alive while the caller i
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import secrets
 import sys
 import threading
 import time
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 from dapfab import launcher
-from dapfab.errors import CommandError, DapTimeout
+from dapfab.errors import CommandError, DapTimeout, RunnerError
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
@@ -84,6 +86,9 @@ class _Heartbeats(threading.Thread):
                 processes = list(self.processes)
             for process in processes:
                 process.heartbeat()
+            from dapfab.connection import POOL
+
+            POOL.send_idle(launcher.HEARTBEAT_FRAME)
 
 
 _HEARTBEATS: _Heartbeats | None = None
@@ -139,6 +144,40 @@ def _read_chunk(stream: Any) -> bytes:
     return data.encode() if isinstance(data, str) else data
 
 
+class _EndScanner:
+    """Passes a helper command's output on until the helper's end marker for it.
+
+    The marker starts with a NUL, so only a tail that holds a NUL can be its beginning and
+    is kept back until the next chunk; everything after the marker is kept in ``after``.
+    """
+
+    def __init__(self, marker: bytes, sink: Sink) -> None:
+        self.marker = marker
+        self.sink = sink
+        self.held = b""
+        self.after: bytes | None = None
+
+    def feed(self, data: bytes) -> bool:
+        """Take the next chunk; True once the marker has been seen."""
+        if self.after is not None:
+            self.after += data
+            return True
+        if self.held:
+            data, self.held = self.held + data, b""
+        at = data.find(self.marker)
+        if at >= 0:
+            if at:
+                self.sink(data[:at])
+            self.after = data[at + len(self.marker) :]
+            return True
+        tail = data.find(b"\0", max(0, len(data) - len(self.marker) + 1))
+        if tail >= 0:
+            data, self.held = data[:tail], data[tail:]
+        if data:
+            self.sink(data)
+        return False
+
+
 class RemoteProcess:
     """One command running in the VM through the launcher; the building block of every call.
 
@@ -154,43 +193,77 @@ class RemoteProcess:
         on_stdout: Sink,
         on_stderr: Sink,
         in_stream: Any = None,
+        reuse: bool = False,
     ) -> None:
         self.config = config
+        self.reuse = reuse
         self.command = command
         self.on_stdout = on_stdout
         self.on_stderr = on_stderr
         self.in_stream = in_stream
-        self.started = threading.Event()
         self._send_lock = threading.Lock()
-        self._early_stderr = bytearray()
         self._stderr_tail = bytearray()
         self._stderr_at_line_start = True
-        self._threads: list[threading.Thread] = []
         self._session: Any = None
         self.link: Any = None
         self.channel: Any = None
+        self._helper_input: bytes | None = None  # stdin sent with a helper request
+        self._pumps_lock = threading.Lock()
+        self._new_attempt()
+
+    def _new_attempt(self) -> None:
+        """Reset what one launch of the command tracks."""
+        self.started = threading.Event()  # the expected prefix has arrived on stdout
         self.finished = False
+        self._prefix = launcher.STARTED
+        self._early_stderr = bytearray()
+        self._threads: list[threading.Thread] = []
+        self._lease: Any = None  # set when the command runs on a helper
+        self._ends: tuple[_EndScanner, _EndScanner] | None = None
+        self._ended = threading.Event()  # both output pumps are done
+        self._pumps_running = 2
 
     # -- lifecycle ---------------------------------------------------------------------
-    def start(self) -> RemoteProcess:
-        """Open a channel, start the launcher and send it the command."""
+    def start(self, *, idle: bool = True) -> RemoteProcess:
+        """Open a channel (or take an idle helper's, if ``idle``), start the launcher and
+        send it the command."""
         from dapfab.connection import POOL
 
-        self._session = POOL.session(self.config)
-        self.link, self.channel = self._session.__enter__()
+        if self.reuse and self._helper_input is None:
+            self._helper_input = self._helper_stdin()
+        stdin = self._helper_input
+        if stdin is None:
+            self._session = POOL.session(self.config)
+            self.link, self.channel = self._session.__enter__()
+        else:
+            self._session = POOL.helper(self.config, idle=idle)
+            self._lease = self._session.__enter__()
+            self.link, self.channel = self._lease.link, self._lease.channel
         try:
             cfg = self.config
-            self.channel.exec_command(launcher.launch_command(cfg.incus, cfg.vm_name, cfg.project))
+            fresh = self._lease is None or self._lease.fresh
+            if fresh:
+                self.channel.exec_command(launcher.launch_command(
+                    cfg.incus, cfg.vm_name, cfg.project, helper=self._lease is not None
+                ))
+            self._prefix = launcher.STARTED if fresh else b""
             try:
-                self._send(launcher.command_frame(self.command))
-                if self.in_stream is None:
-                    self._send(launcher.EOF_FRAME)
+                if stdin is not None:
+                    nonce = secrets.token_hex(8)
+                    out, err = launcher.end_markers(nonce)
+                    self._ends = (_EndScanner(out, self.on_stdout), _EndScanner(err, self.on_stderr))
+                    self._prefix += launcher.begin_marker(nonce)
+                    self._send(launcher.request_frame(self.command, stdin, nonce))
+                else:
+                    self._send(launcher.command_frame(self.command))
+                    if self.in_stream is None:
+                        self._send(launcher.EOF_FRAME)
             except OSError as exc:
                 # The exec ended before reading its command (incus missing, VM gone):
                 # wait() reports that hop from the exit status and stderr.
                 log.debug("command not sent, channel closed: %s", exc)
             for target in (self._pump_stdout, self._pump_stderr) + (
-                (self._pump_stdin,) if self.in_stream is not None else ()
+                (self._pump_stdin,) if self.in_stream is not None and stdin is None else ()
             ):
                 thread = threading.Thread(target=target, daemon=True, name=target.__name__)
                 thread.start()
@@ -202,6 +275,24 @@ class RemoteProcess:
             self._release()
             raise
         return self
+
+    def _helper_stdin(self) -> bytes | None:
+        """The command's whole stdin if it can go to a helper with the command, else None.
+
+        A helper takes no stream of unknown length: that would tie its frame reader to the
+        command's reading (see :data:`launcher.HELPER_STDIN_MAX`).
+        """
+        if self.in_stream is None:
+            return b""
+        if isinstance(self.in_stream, io.BytesIO):
+            view = self.in_stream.getbuffer()
+            position = self.in_stream.tell()
+            if len(view) - position <= launcher.HELPER_STDIN_MAX:
+                data = bytes(view[position:])
+                del view
+                self.in_stream.seek(0, io.SEEK_END)
+                return data
+        return None
 
     def __enter__(self) -> RemoteProcess:
         return self.start() if self.channel is None else self
@@ -238,7 +329,7 @@ class RemoteProcess:
 
     # -- pumps -------------------------------------------------------------------------
     def _pump_stdout(self) -> None:
-        marker = launcher.STARTED
+        marker = self._prefix
         head = b""
         while True:
             data = self.channel.recv(READ_SIZE)
@@ -250,15 +341,25 @@ class RemoteProcess:
                 head += data
                 if len(head) < len(marker):
                     continue
-                if not head.startswith(marker):  # cannot happen with a sane launcher
-                    self.started.set()
-                    self.on_stdout(head)
-                    continue
                 self.started.set()
-                data, head = head[len(marker) :], b""
-                if not data:
-                    continue
-            self.on_stdout(data)
+                if head.startswith(marker):
+                    data, head = head[len(marker) :], b""
+                    if not data:
+                        continue
+                else:  # cannot happen with a sane launcher
+                    data, head = head, b""
+            if self._ends is None:
+                self.on_stdout(data)
+            elif self._ends[0].feed(data) and b"\n" in self._ends[0].after:
+                break
+        self._pump_done()
+
+    def _pump_done(self) -> None:
+        """Called by each output pump as it ends: at the end marker or at channel EOF."""
+        with self._pumps_lock:
+            self._pumps_running -= 1
+            if not self._pumps_running:
+                self._ended.set()
 
     def _pump_stderr(self) -> None:
         while True:
@@ -273,7 +374,11 @@ class RemoteProcess:
                 if not self.started.wait(0.05):
                     continue
                 data, self._early_stderr = bytes(self._early_stderr), bytearray()
-            self._emit_stderr(data)
+            if self._ends is None:
+                self._emit_stderr(data)
+            elif self._ends[1].feed(data):
+                break
+        self._pump_done()
 
     def _emit_stderr(self, data: bytes) -> None:
         """Pass the command's stderr on, holding back a last line that may be the exec
@@ -317,11 +422,52 @@ class RemoteProcess:
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for the command; its exit code, or a DapError for a broken hop."""
+        helper = self._ends is not None
+        self._wait_for(self._ended if helper else self.channel.status_event, timeout)
+        for thread in self._threads[:2]:
+            thread.join(30.0)  # EOF follows the exit status; the marker may still be queued
+        if helper and self._ends[1].after is not None and b"\n" in (self._ends[0].after or b""):
+            code = int(self._ends[0].after.split(b"\n", 1)[0])
+            self._lease.keep = True
+            self.finished = True
+            return code
+        code = self.channel.recv_exit_status()
+        if code == -1:
+            # No exit-status ever came: the channel closed because a hop died under it.
+            raise self.link.lost_error()
+        if not self.started.is_set():
+            if self._lease is not None and not self._lease.fresh:
+                # An idle helper died before it began the command (the VM restarted, its
+                # processes were killed): the command never ran, so run it on a new one.
+                log.debug("idle helper gone (exit %s); starting a new one", code)
+                self._release()
+                self._new_attempt()
+                self.start(idle=False)
+                return self.wait(timeout)
+            cfg = self.config
+            raise launcher.runner_failure(
+                code, bytes(self._early_stderr), incus=cfg.incus, vm_name=cfg.vm_name
+            )
+        if helper:
+            raise RunnerError(
+                f"the dapfab helper in VM {self.config.vm_name} ended during the command "
+                f"(exit {code})",
+                hint="something in the VM killed it; run the command again",
+            )
+        if self._early_stderr:
+            self._emit_stderr(bytes(self._early_stderr))
+            self._early_stderr.clear()
+        self._finish_stderr(code)
+        self.finished = True
+        return code
+
+    def _wait_for(self, event: threading.Event, timeout: float | None) -> None:
+        """Wait for ``event``; DapError when the connection breaks or ``timeout`` passes."""
         deadline = None if timeout is None else time.monotonic() + timeout
         # Poll fast at first and nudge the far side (see Link.nudge): short commands then
         # finish in a few ms instead of waiting out a delayed ACK on the gateway.
         interval = 0.002
-        while not self.channel.status_event.wait(interval):
+        while not event.wait(interval):
             if interval < 0.05:
                 self.link.nudge()
             interval = min(interval * 2, 0.1)
@@ -335,23 +481,6 @@ class RemoteProcess:
                     hop="runner",
                     hint="raise the timeout",
                 )
-        for thread in self._threads[:2]:
-            thread.join(30.0)  # EOF follows the exit status; the marker may still be queued
-        code = self.channel.recv_exit_status()
-        if code == -1:
-            # No exit-status ever came: the channel closed because a hop died under it.
-            raise self.link.lost_error()
-        if not self.started.is_set():
-            cfg = self.config
-            raise launcher.runner_failure(
-                code, bytes(self._early_stderr), incus=cfg.incus, vm_name=cfg.vm_name
-            )
-        if self._early_stderr:
-            self._emit_stderr(bytes(self._early_stderr))
-            self._early_stderr.clear()
-        self._finish_stderr(code)
-        self.finished = True
-        return code
 
     def stop(self) -> None:
         """Kill the remote process tree and wait (bounded) until the launcher has exited."""
@@ -414,9 +543,12 @@ def _default_in_stream(in_stream: Any) -> Any:
     if stdin is None or stdin.closed:
         return None
     try:
-        return None if os.isatty(stdin.fileno()) else stdin
+        fd = stdin.fileno()
+        if os.isatty(fd) or os.path.samestat(os.fstat(fd), os.stat(os.devnull)):
+            return None
     except (OSError, ValueError, AttributeError):
         return None
+    return stdin
 
 
 def run_in_runner(
@@ -462,6 +594,7 @@ def run_in_runner(
         on_stdout=on_stdout,
         on_stderr=on_stderr,
         in_stream=_default_in_stream(in_stream),
+        reuse=True,
     )
     with process:
         try:

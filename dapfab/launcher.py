@@ -20,6 +20,18 @@ can tell "the runner hop worked" from the command's own exit code), then runs th
 :data:`HEARTBEAT_TIMEOUT` seconds (frozen laptop, dropped link), when stdin ends (channel
 closed) or on ``q``, every process in the namespace is killed. ``--kill-child`` ties the
 namespace to ``unshare``: when the exec server SIGKILLs the top process, the tree goes too.
+
+Commands whose whole stdin is known up front (none, or at most :data:`HELPER_STDIN_MAX`
+bytes, as for ``runner_curl``) run on a persistent helper instead, to save one ``incus
+exec`` per command: :data:`HELPER_BOOT`, started the same way, reads requests
+
+    c <n> <m> <nonce>\n<n bytes of shell code><m bytes of stdin>
+
+and runs each command in a PID namespace of its own (``unshare ... bash -lc``), between a
+begin marker and end markers (:func:`begin_marker`, :func:`end_markers`) that carry the
+nonce and the exit code. A helper runs one command at a time; between commands the pool
+keeps its channel (one session) and keeps sending heartbeats. EOF, ``q`` or
+:data:`HEARTBEAT_TIMEOUT` seconds of silence kill the helper's namespace, commands included.
 """
 
 from __future__ import annotations
@@ -68,12 +80,66 @@ wait $! 2>/dev/null
 """.replace("__TIMEOUT__", str(HEARTBEAT_TIMEOUT)).replace("__INLINE__", str(INLINE_MAX)).strip()
 
 
+# The persistent helper: one per idle SSH channel, started like BOOT, that runs one command
+# after another without a new `incus exec` each time (see the module docstring).
+HELPER_STDIN_MAX = 48 << 10  # stdin sent with a command; fits an empty pipe, never blocks
+HELPER_BOOT = r"""
+exec 3<&0 </dev/null
+run() {
+  printf '\0dapfab-begin %s\n' "$2"
+  if [ ${#1} -lt __INLINE__ ]; then
+    unshare --pid --mount-proc --fork --kill-child -- bash -c "exec 5<&0; bash -lc \"\$1\" <&5 5<&- & wait \$!" dapfab "$1"
+  else
+    unshare --pid --mount-proc --fork --kill-child -- bash -c "exec 5<&0; bash -lc \". /dev/fd/4\" <&5 5<&- & wait \$!" dapfab 4<<<"$1"
+  fi
+  printf '\0dapfab-end %s %d\n' "$2" $?
+  printf '\0dapfab-end %s\n' "$2" >&2
+}
+printf '\0dapfab-started\n'
+while IFS=' ' read -r -t __TIMEOUT__ kind n m nonce <&3; do
+  case $kind in
+    c)
+      cmd=$(head -c "$n" <&3; printf .) || break
+      cmd=${cmd%.}
+      if [ "$m" -gt 0 ]; then
+        head -c "$m" <&3 > >(run "$cmd" "$nonce"; cat >/dev/null) || break
+      else
+        run "$cmd" "$nonce" </dev/null &
+      fi ;;
+    h) ;;
+    *) break ;;
+  esac
+done
+kill -KILL -1 2>/dev/null
+""".replace("__TIMEOUT__", str(HEARTBEAT_TIMEOUT)).replace("__INLINE__", str(INLINE_MAX)).strip()
+
+
+def request_frame(code: str, stdin: bytes, nonce: str) -> bytes:
+    """A helper request: run ``code`` with ``stdin`` (at most :data:`HELPER_STDIN_MAX` bytes)."""
+    data = code.encode("utf-8", "surrogateescape")
+    return b"c %d %d %s\n" % (len(data), len(stdin), nonce.encode()) + data + stdin
+
+
+def begin_marker(nonce: str) -> bytes:
+    """What the helper prints on stdout just before it starts a command."""
+    return b"\0dapfab-begin " + nonce.encode() + b"\n"
+
+
+def end_markers(nonce: str) -> tuple[bytes, bytes]:
+    """What the helper prints after a command: on stdout (followed by the exit code and a
+    newline) and on stderr (complete)."""
+    mark = b"\0dapfab-end " + nonce.encode()
+    return mark + b" ", mark + b"\n"
+
+
 def vm_argv(pty: bool = False) -> list[str]:
     """The argv that ``incus exec`` runs in the VM for every dapfab command."""
     return ["unshare", "--pid", "--mount-proc", "--fork", "--kill-child", "--", "bash", "-c", BOOT, "dapfab"]
 
 
-def launch_command(incus: str, vm_name: str, project: str | None, *, pty: bool = False) -> str:
+def launch_command(
+    incus: str, vm_name: str, project: str | None, *, pty: bool = False, helper: bool = False
+) -> str:
     """The command line sent to the management host: the incus invocation and nothing else."""
     words = [incus]
     if project:
@@ -82,7 +148,10 @@ def launch_command(incus: str, vm_name: str, project: str | None, *, pty: bool =
     if pty:
         words.append("-t")
     words.append("--")
-    return join(words) + " " + join(vm_argv(pty))
+    argv = vm_argv(pty)
+    if helper:
+        argv[-2:] = [HELPER_BOOT, "dapfab-helper"]
+    return join(words) + " " + join(argv)
 
 
 def command_frame(code: str) -> bytes:

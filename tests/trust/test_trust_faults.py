@@ -244,7 +244,9 @@ def test_fault_in_the_vm_passes_the_tools_own_message_and_code(lab, clean_lab, t
     assert got == code, err
     assert message in err
     assert "Traceback" not in err
-    assert elapsed < 15, f"{elapsed:.1f} s"
+    # No bound of dapfab's here: kubectl retries discovery on its own schedule, which took
+    # 5 to 30 s on this machine depending on load. Only a hang fails.
+    assert elapsed < 60, f"{elapsed:.1f} s"
     if code == 127:
         assert err.strip().splitlines()[-1].startswith("dapfab: runner: "), "a hint follows"
     assert wait_no_leftovers(lab, 10) == {"mgmt": [], "runner": []}

@@ -30,6 +30,9 @@ log = logging.getLogger("dapfab.connection")
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 MAX_SESSIONS = 10  # OpenSSH's default MaxSessions
+
+SESSION_WAIT_MIN = 2.0  # seconds a helper call may wait for a busy connection's session
+GATEWAY_READ = 1 << 24  # more than a channel's window: recv() then takes all that is there
 KEEPALIVE_INTERVAL = 5.0
 KEEPALIVE_COUNT = 3  # unanswered intervals before the peer is declared dead
 
@@ -87,6 +90,35 @@ def gcm_first_transport(sock: Any, **kwargs: Any) -> Any:
         c for c in ciphers if "-gcm@" not in c
     )
     return transport
+
+
+class ChannelSocket:
+    """A gateway's ``direct-tcpip`` channel as the socket of the next hop, read in bulk.
+
+    paramiko's ``Channel.recv(n)`` copies the first ``n`` bytes of its receive buffer and
+    then deletes them, moving the rest of the buffer; the next hop's transport reads every
+    packet as a 16-byte header and then the body, so a full window (megabytes) was moved
+    twice per packet. This takes everything buffered at once and serves the reads from it.
+    Everything else is the channel's.
+    """
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self._data = b""
+        self._view = memoryview(self._data)
+        self._at = 0
+
+    def recv(self, n: int) -> bytes:
+        """Up to ``n`` bytes; b"" at EOF; ``socket.timeout`` as the channel raises it."""
+        if self._at >= len(self._data):
+            self._data = self.channel.recv(GATEWAY_READ)
+            self._view, self._at = memoryview(self._data), 0
+        out = bytes(self._view[self._at : self._at + n])
+        self._at += len(out)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.channel, name)
 
 
 def _set_nodelay(transport: Any) -> None:
@@ -240,12 +272,18 @@ class Link:
         self.transport: Any = None
         self._open_lock = threading.Lock()
         self._last_nudge = 0.0
+        self.opened_at = 0.0
+        self.open_seconds: float | None = None  # how long opening took, once open
+        self.helper_start: float | None = None  # how long the last new helper took to start
 
     def ensure_open(self) -> None:
         """Open the connection unless it is open; concurrent callers wait for the first."""
         with self._open_lock:
             if self.transport is None:
+                started = time.monotonic()
                 self.open()
+                self.opened_at = time.monotonic()
+                self.open_seconds = self.opened_at - started
 
     def _mark_dead(self, reason: str, keepalive: Keepalive) -> None:
         """Record why the link died, blaming the outermost hop that is silent too."""
@@ -313,7 +351,7 @@ class Link:
             hop.gateway = None
             _apply_connect_settings(hop, timeout, connect_kwargs)
             if sock is not None:
-                hop.connect_kwargs["sock"] = sock
+                hop.connect_kwargs["sock"] = ChannelSocket(sock)
             try:
                 hop.open()
             except BaseException as exc:
@@ -409,16 +447,38 @@ def _usable(channel: Any) -> bool:
     return not (channel.closed or channel.eof_received or channel.exit_status_ready())
 
 
+def _worth_waiting_until(links: list[Link], since: float, config: RunnerConfig) -> float:
+    """Until when a helper call waits for a session on links that are all busy.
+
+    Twice what the alternative costs (opening a connection and starting a helper on it, as
+    measured on these links), at least :data:`SESSION_WAIT_MIN`, counted from when the wait
+    began or the link opened: a burst of short calls then queues for helpers that are about
+    to be free, and a call stuck behind long-running ones is delayed by a bounded amount.
+    While links are still opening: their connect timeout.
+    """
+    ends = [
+        max(since, link.opened_at)
+        + max(SESSION_WAIT_MIN, 2 * (link.open_seconds + (link.helper_start or link.open_seconds)))
+        for link in links
+        if link.open_seconds is not None
+    ]
+    return min(ends) if ends else since + float(config.connect_timeout)
+
+
 class Pool:
     """Connections shared by every call in the process, keyed by :class:`RunnerConfig`.
 
     Each connection carries at most ``MAX_SESSIONS`` channels, idle helper channels included;
-    an idle helper gives up its session when a command needs the room.
+    an idle helper gives up its session when a command needs the room. A helper command
+    that finds every session busy waits a bounded time for one (see
+    :func:`_worth_waiting_until`) before it opens another connection: a burst of short
+    calls then reuses helpers instead of paying a connection and an ``incus exec`` each.
     """
 
     def __init__(self) -> None:
         self._links: dict[Any, list[Link]] = {}
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # a session freed, a link opened
         self.opened = 0
 
     def _take(self, config: RunnerConfig, *, idle: bool) -> tuple[Link, Any]:
@@ -431,29 +491,37 @@ class Pool:
                 hint="run `inv config.init` or set DAP_RUNNER_SSH_HOST",
             )
         retired = []
+        since = time.monotonic()
         try:
             with self._lock:
-                links = self._links.setdefault(config, [])
-                for link in list(links):
-                    if not link.alive:
-                        links.remove(link)
-                        retired.append(link)
-                if idle:
+                while True:
+                    links = self._links.setdefault(config, [])
+                    for link in list(links):
+                        if not link.alive:
+                            links.remove(link)
+                            retired.append(link)
+                    if idle:
+                        for link in links:
+                            while link.idle:
+                                channel = link.idle.pop()
+                                if _usable(channel):
+                                    return link, channel
+                                retired.append(channel)
+                                link.sessions -= 1
                     for link in links:
-                        while link.idle:
-                            channel = link.idle.pop()
-                            if _usable(channel):
-                                return link, channel
-                            retired.append(channel)
-                            link.sessions -= 1
-                for link in links:
-                    if link.sessions < MAX_SESSIONS:
-                        link.sessions += 1
-                        return link, None
-                for link in links:
-                    if link.idle:  # the session of an idle helper changes hands
-                        retired.append(link.idle.pop(0))
-                        return link, None
+                        if link.sessions < MAX_SESSIONS:
+                            link.sessions += 1
+                            return link, None
+                    for link in links:
+                        if link.idle:  # the session of an idle helper changes hands
+                            retired.append(link.idle.pop(0))
+                            return link, None
+                    if not idle or not links:
+                        break
+                    left = _worth_waiting_until(links, since, config) - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._changed.wait(left)
                 link = Link(config)
                 link.sessions = 1
                 links.append(link)
@@ -471,11 +539,15 @@ class Pool:
             with self._lock:
                 if link in self._links.get(config, []):
                     self._links[config].remove(link)
+                self._changed.notify_all()
             raise
+        with self._lock:
+            self._changed.notify_all()
         return link.open_session()
 
     def _give_back(self, link: Link, channel: Any, keep: bool) -> None:
         with self._lock:
+            self._changed.notify_all()
             if keep and link.alive and _usable(channel) and link in self._links.get(link.config, []):
                 link.idle.append(channel)
                 return

@@ -243,6 +243,7 @@ class RemoteProcess:
             cfg = self.config
             fresh = self._lease is None or self._lease.fresh
             if fresh:
+                self._launched = time.monotonic()
                 self.channel.exec_command(launcher.launch_command(
                     cfg.incus, cfg.vm_name, cfg.project, helper=self._lease is not None
                 ))
@@ -342,6 +343,8 @@ class RemoteProcess:
                 if len(head) < len(marker):
                     continue
                 self.started.set()
+                if self._lease is not None and self._lease.fresh:
+                    self.link.helper_start = time.monotonic() - self._launched
                 if head.startswith(marker):
                     data, head = head[len(marker) :], b""
                     if not data:

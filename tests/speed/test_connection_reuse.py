@@ -96,3 +96,66 @@ def test_sequential_library_calls_share_one_connection(lab: Any, runner_config: 
         POOL.close_all()
     assert out[0] == "one\n" and out[1] == 200 and "web" in out[2] and out[3] == "two\n"
     assert (mgmt, bastion) == (1, 1)
+
+
+def in_threads(calls: list[Any]) -> list[Any]:
+    """Run every call at once, each in its own thread; their results (or exceptions)."""
+    import threading
+
+    results: list[Any] = [None] * len(calls)
+
+    def one(i: int) -> None:
+        try:
+            results[i] = calls[i]()
+        except Exception as exc:  # reported by the caller's assert
+            results[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return results
+
+
+def test_a_burst_of_short_calls_queues_for_helpers_on_one_connection(lab: Any, runner_config: Any) -> None:
+    """25 calls at once: more than MAX_SESSIONS, yet one connection, each helper reused."""
+    from dapfab.connection import MAX_SESSIONS, POOL
+    from dapfab.execution import run_in_runner
+
+    POOL.close_all()
+    calls = [lambda n=n: run_in_runner(runner_config, f"echo {n}", hide=True).stdout
+             for n in range(MAX_SESSIONS * 2 + 5)]
+    try:
+        mgmt, bastion, out = counted(lab, lambda: in_threads(calls))
+    finally:
+        POOL.close_all()
+    assert out == [f"{n}\n" for n in range(len(calls))]
+    assert (mgmt, bastion) == (1, 1)
+
+
+def test_a_call_behind_long_running_ones_gets_another_connection(lab: Any, runner_config: Any) -> None:
+    """Every session busy with a long command: the next call waits a bounded time, then
+    opens a second connection instead of waiting for them."""
+    import time
+
+    from dapfab.connection import MAX_SESSIONS, POOL, SESSION_WAIT_MIN
+    from dapfab.execution import run_in_runner
+
+    POOL.close_all()
+    long = [lambda: run_in_runner(runner_config, "sleep 20", hide=True) for _ in range(MAX_SESSIONS)]
+
+    def late() -> tuple[str, float]:
+        time.sleep(3)  # the long ones hold every session by now
+        start = time.monotonic()
+        out = run_in_runner(runner_config, "echo late", hide=True).stdout
+        return out, time.monotonic() - start
+
+    try:
+        mgmt, _, results = counted(lab, lambda: in_threads([*long, late]))
+    finally:
+        POOL.close_all()
+    out, took = results[-1]
+    assert out == "late\n"
+    assert SESSION_WAIT_MIN <= took < 12, took  # well before the long ones end (20 s)
+    assert mgmt == 2

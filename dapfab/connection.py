@@ -32,6 +32,7 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 MAX_SESSIONS = 10  # OpenSSH's default MaxSessions
 
 SESSION_WAIT_MIN = 2.0  # seconds a helper call may wait for a busy connection's session
+PACKET_FRAMING = 64  # bytes an SSH packet adds around channel data, at most (as paramiko counts)
 GATEWAY_READ = 1 << 24  # more than a channel's window: recv() then takes all that is there
 KEEPALIVE_INTERVAL = 5.0
 KEEPALIVE_COUNT = 3  # unanswered intervals before the peer is declared dead
@@ -388,6 +389,13 @@ class Link:
             channel = self.transport.open_session(timeout=float(self.config.connect_timeout))
         except Exception as exc:
             raise self.lost_error(f"could not open a session ({exc})") from None
+        outer = getattr(self.transport, "sock", None)
+        if isinstance(outer, ChannelSocket):
+            # Packets small enough that each one, with its SSH framing, fits in one packet
+            # of the gateway's channel: otherwise every full packet travels as two there.
+            channel.out_max_packet_size = min(
+                channel.out_max_packet_size, outer.channel.out_max_packet_size - PACKET_FRAMING
+            )
         return channel
 
     @property

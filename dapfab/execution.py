@@ -147,8 +147,9 @@ def _read_chunk(stream: Any) -> bytes:
 class _EndScanner:
     """Passes a helper command's output on until the helper's end marker for it.
 
-    The marker starts with a NUL, so only a tail that holds a NUL can be its beginning and
-    is kept back until the next chunk; everything after the marker is kept in ``after``.
+    The marker starts with a NUL, so only a tail that starts with a NUL and with the
+    marker's first bytes is kept back until the next chunk; what follows the marker is kept
+    in ``after``.
     """
 
     def __init__(self, marker: bytes, sink: Sink) -> None:
@@ -171,6 +172,8 @@ class _EndScanner:
             self.after = data[at + len(self.marker) :]
             return True
         tail = data.find(b"\0", max(0, len(data) - len(self.marker) + 1))
+        while tail >= 0 and not self.marker.startswith(data[tail:]):
+            tail = data.find(b"\0", tail + 1)
         if tail >= 0:
             data, self.held = data[:tail], data[tail:]
         if data:
@@ -319,15 +322,6 @@ class RemoteProcess:
         finally:
             self._send_lock.release()
 
-    def write(self, data: bytes) -> None:
-        """Send ``data`` to the command's stdin (only when no ``in_stream`` was given)."""
-        for start in range(0, len(data), launcher.MAX_FRAME):
-            self._send(launcher.data_frame(data[start : start + launcher.MAX_FRAME]))
-
-    def close_stdin(self) -> None:
-        """End the command's stdin."""
-        self._send(launcher.EOF_FRAME)
-
     # -- pumps -------------------------------------------------------------------------
     def _pump_stdout(self) -> None:
         marker = self._prefix
@@ -417,12 +411,6 @@ class RemoteProcess:
             log.debug("stdin pump stopped: %s", exc)
 
     # -- completion --------------------------------------------------------------------
-    def poll(self) -> int | None:
-        """The exit code if the command has finished, else None."""
-        if self.channel.exit_status_ready():
-            return self.channel.recv_exit_status()
-        return None
-
     def wait(self, timeout: float | None = None) -> int:
         """Wait for the command; its exit code, or a DapError for a broken hop."""
         helper = self._ends is not None

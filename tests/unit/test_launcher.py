@@ -8,8 +8,11 @@ import tempfile
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dapfab import launcher
+from dapfab.execution import _EndScanner
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="unshare --pid needs root")
 
@@ -142,3 +145,125 @@ def test_runner_failure_names_a_missing_incus_client():
                                   incus="incus", vm_name="vm")
     assert err.exit_code == 125 and "not installed" in err.message
 
+
+# -- the persistent helper -------------------------------------------------------------
+MARK = launcher.end_markers("0123456789abcdef")[0]
+
+
+def test_request_frame_carries_sizes_nonce_code_and_stdin():
+    assert launcher.request_frame("echo hi", b"\0x", "ab12") == b"c 7 2 ab12\necho hi\0x"
+
+
+def test_helper_launch_command_differs_only_in_the_program():
+    plain = launcher.launch_command("incus", "vm1", None)
+    helper = launcher.launch_command("incus", "vm1", None, helper=True)
+    assert helper.startswith(plain.split(" bash -c ")[0])
+    assert helper.endswith("dapfab-helper") and "kubectl" not in helper
+
+
+@given(st.binary(max_size=300), st.lists(st.integers(1, 40), min_size=1, max_size=40))
+def test_scanner_passes_everything_before_the_marker_exactly(payload, cuts):
+    stream = payload + MARK + b"3\n"
+    out: list[bytes] = []
+    scanner = _EndScanner(MARK, out.append)
+    at, found = 0, False
+    for size in cuts * (len(stream) // len(cuts) + 1):
+        found = scanner.feed(stream[at : at + size]) or found
+        at += size
+        if at >= len(stream):
+            break
+    assert found and b"".join(out) == payload and scanner.after == b"3\n"
+
+
+def test_scanner_holds_back_only_a_possible_marker_start():
+    out: list[bytes] = []
+    scanner = _EndScanner(MARK, out.append)
+    assert not scanner.feed(b"plain text")
+    assert out == [b"plain text"]
+    assert not scanner.feed(b"x\0dapfab-en")
+    assert out[-1] == b"x"
+    assert not scanner.feed(b"d but not ours\n")
+    assert b"".join(out) == b"plain textx\0dapfab-end but not ours\n"
+
+
+class Helper:
+    """HELPER_BOOT in a fresh PID namespace, fed one request at a time, as the laptop does."""
+
+    def __init__(self) -> None:
+        argv = launcher.vm_argv()
+        argv[-2:] = [launcher.HELPER_BOOT, "dapfab-helper"]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, env=VM_ENV)
+        assert os.read(self.proc.stdout.fileno(), len(launcher.STARTED)) == launcher.STARTED
+
+    def run(self, code: str, stdin: bytes = b"", nonce: str = "n") -> tuple[int, bytes, bytes]:
+        """Exit code, stdout and stderr of one command, markers checked and removed."""
+        import selectors
+
+        self.proc.stdin.write(launcher.request_frame(code, stdin, nonce))
+        self.proc.stdin.flush()
+        out_end, err_end = launcher.end_markers(nonce)
+        got = {self.proc.stdout: b"", self.proc.stderr: b""}
+        with selectors.DefaultSelector() as sel:
+            for stream in got:
+                sel.register(stream, selectors.EVENT_READ)
+            while not (got[self.proc.stderr].endswith(err_end)
+                       and out_end in got[self.proc.stdout]
+                       and got[self.proc.stdout].endswith(b"\n")):
+                for key, _ in sel.select(10):
+                    chunk = os.read(key.fd, 65536)
+                    assert chunk, got
+                    got[key.fileobj] += chunk
+        out, err = got[self.proc.stdout], got[self.proc.stderr]
+        begin = launcher.begin_marker(nonce)
+        assert out.startswith(begin)
+        body, _, code = out[len(begin):].rpartition(out_end)
+        return int(code), body, err[: -len(err_end)]
+
+    def quit(self) -> int:
+        self.proc.stdin.write(launcher.QUIT_FRAME)
+        self.proc.stdin.close()
+        return self.proc.wait(10)
+
+
+@needs_root
+def test_helper_runs_one_command_after_another_with_exit_codes_and_streams():
+    helper = Helper()
+    try:
+        assert helper.run("echo one; echo err >&2; exit 3", nonce="n1") == (3, b"one\n", b"err\n")
+        helper.proc.stdin.write(launcher.HEARTBEAT_FRAME)
+        assert helper.run("cat; echo two", b"in\0put\n", "n2") == (0, b"in\0put\ntwo\n", b"")
+        assert helper.run("echo $$ $0", nonce="n3")[1] == b"2 bash\n"  # like bash -lc in the VM
+    finally:
+        helper.quit()
+
+
+@needs_root
+def test_helper_kills_what_a_command_leaves_and_everything_on_quit():
+    marker = f"dapfab-helper-test-{os.getpid()}"
+    helper = Helper()
+    try:
+        helper.run(f"(exec -a {marker}-left sleep 1000) &")
+        assert gone_within(f"{marker}-left", 5)
+        helper.proc.stdin.write(launcher.request_frame(f"exec -a {marker}-busy sleep 1000", b"", "n"))
+        helper.proc.stdin.flush()
+        time.sleep(0.5)
+        assert alive(f"{marker}-busy")
+    finally:
+        helper.quit()
+    assert gone_within(f"{marker}-busy", 5)
+
+
+@pytest.mark.parametrize("size", [0, 1, launcher.HELPER_STDIN_MAX])
+@needs_root
+def test_helper_stdin_is_exact_and_unread_stdin_is_drained(size):
+    blob = os.urandom(size)
+    helper = Helper()
+    try:
+        assert helper.run("true", blob, "n1") == (0, b"", b"")  # never reads it
+        code, out, _ = helper.run("sha256sum | cut -c1-64", blob, "n2")
+    finally:
+        helper.quit()
+    import hashlib
+
+    assert (code, out) == (0, hashlib.sha256(blob).hexdigest().encode() + b"\n")

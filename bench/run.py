@@ -293,7 +293,13 @@ class Bench:
                     while n := conn.recv_into(buf):
                         total += n
                 wall = time.perf_counter() - start
-                assert total == size, f"got {total} of {size} bytes"
+                if total != size:
+                    said = ""
+                    if port == ports["laptop"]:  # what k8s.forward says about it
+                        forward.terminate()
+                        said = "; k8s.forward: " + " | ".join(
+                            forward.communicate(timeout=30)[1].strip().splitlines()[-3:])
+                    raise AssertionError(f"got {total} of {size} bytes{said}")
                 return wall
 
             a, b = interleave(runs, lambda: pull(ports["laptop"]), lambda: pull(socat_port))

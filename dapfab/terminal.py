@@ -4,7 +4,10 @@ A pty would mangle the launcher's framed stdin, so the command is first staged i
 file in the VM through the ordinary launcher, and the pty session runs only
 ``bash -c 'c=$(cat "$1"); rm -f "$1"; exec bash -lc "$c"' dapfab FILE``: the management
 host's process list shows the file name, never the command. The pty hangs up the remote
-side when the channel closes.
+side when the channel closes; for a laptop that freezes or a link that drops silently (no
+hangup), a companion command on the ordinary launcher (bounded by dapfab's heartbeat) keeps a
+guard file fresh, and a watcher in the pty session kills the session once the guard is
+:data:`GUARD_STALE` seconds old.
 """
 
 from __future__ import annotations
@@ -33,8 +36,24 @@ GLOBAL_VALUE_FLAGS = {
     "--token", "--as", "--as-group", "--cache-dir", "--certificate-authority", "-v", "--v",
     "--request-timeout", "--tls-server-name", "--client-certificate", "--client-key",
 }
-STAGE = 'umask 077; f=$(mktemp /tmp/dapfab-cmd.XXXXXX) && cat >"$f" && printf %s "$f"'
-UNSTAGE = 'c=$(cat "$1"); rm -f "$1"; exec bash -lc "$c"'
+STAGE = (
+    'umask 077; f=$(mktemp /tmp/dapfab-cmd.XXXXXX) && cat >"$f" && touch "$f.alive" && printf %s "$f"'
+)
+# How stale the guard file may get before the pty session is killed, in seconds.
+GUARD_STALE = 5
+# The pty session: the command in a PID namespace of its own, and a watcher that kills it
+# when the guard file (FILE.alive, touched every second by a heartbeat-bound companion
+# command) goes stale; the watcher removes the guard when the session ends.
+UNSTAGE = (
+    'c=$(cat "$1"); rm -f "$1"; g=$1.alive; me=$$\n'
+    "(trap '' HUP; while sleep 1; do kill -0 $me 2>/dev/null || break; "
+    't=$(stat -c %Y "$g" 2>/dev/null) || t=0; printf -v now "%(%s)T" -1; '
+    f"[ $((now - t)) -le {GUARD_STALE} ] || {{ kill -KILL $me; break; }}; "
+    'done; rm -f "$g") </dev/null >/dev/null 2>&1 &\n'
+    'exec unshare --pid --mount-proc --fork --kill-child -- bash -lc "$c"'
+)
+# The companion: keeps the guard fresh while dapfab's heartbeat keeps it alive.
+KEEP_GUARD = 'while touch -c -- "$0" && [ -e "$0" ]; do sleep 1; done'
 
 
 def wants_pty(args: Sequence[str]) -> bool:
@@ -79,7 +98,7 @@ def run_with_pty(config: RunnerConfig, command: str, *, warn: bool = False) -> R
     """Run ``command`` in the VM on a pty wired to this process's terminal."""
     from dapfab.connection import POOL
     from dapfab.errors import CommandError
-    from dapfab.execution import Result, run_in_runner
+    from dapfab.execution import RemoteProcess, Result, run_in_runner
 
     staged = run_in_runner(
         config, STAGE, hide=True, in_stream=io.BytesIO(command.encode("utf-8", "surrogateescape"))
@@ -87,10 +106,19 @@ def run_with_pty(config: RunnerConfig, command: str, *, warn: bool = False) -> R
     words = [config.incus] + (["--project", config.project] if config.project else [])
     words += ["exec", config.vm_name, "-t", "--", "bash", "-c", UNSTAGE, "dapfab", staged]
     size = shutil.get_terminal_size()
-    with POOL.session(config) as (_link, channel):
+    guard = RemoteProcess(
+        config,
+        f"exec bash -c {join([KEEP_GUARD])} {join([staged + '.alive'])}",
+        on_stdout=lambda _: None,
+        on_stderr=lambda _: None,
+    )
+    with guard, POOL.session(config) as (_link, channel):
         channel.get_pty(term=os.environ.get("TERM", "xterm"), width=size.columns, height=size.lines)
         channel.exec_command(join(words))
         code = _pump(channel)
+    # The session's watcher removes the guard too, unless something killed it first.
+    run_in_runner(config, f"rm -f {join([staged + '.alive'])}", hide=True, in_stream=False,
+                  warn=True)
     result = Result(command, code)
     if code != 0 and not warn:
         raise CommandError(f"command exited with {code}", exit_code=code, result=result)

@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import os
 import shlex
+import shutil
 import socket
 import statistics
 import subprocess
@@ -441,6 +442,7 @@ def main() -> int:
                       file=sys.stderr)
     finally:
         bench.master_down()
+        shutil.rmtree(bench.tmp, ignore_errors=True)
         if not reuse:
             lab.down()
     text = table(rows)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -20,6 +22,7 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="unshare --pid needs r
 # A VM's clean login environment: this machine's root ~/.bashrc runs `pyenv rehash`, and
 # killing a login shell inside it (which these tests do) leaves pyenv's lock behind.
 CLEAN_HOME = tempfile.mkdtemp(prefix="dapfab-launcher-home-")
+atexit.register(shutil.rmtree, CLEAN_HOME, True)
 VM_ENV = {"HOME": CLEAN_HOME, "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 
 

@@ -422,28 +422,30 @@ class RemoteProcess:
             self._lease.keep = True
             self.finished = True
             return code
-        code = self.channel.recv_exit_status()
+        code = self.channel.recv_exit_status()  # -1: none came (a signal, or a dead hop)
+        connected = self.link.transport.is_active()
+        if helper and connected and not self._lease.fresh and not self.started.is_set():
+            # An idle helper died before it began the command (the VM restarted, its exec
+            # client or processes were killed): the command never ran; run it on a new one.
+            log.debug("idle helper gone (exit %s); starting a new one", code)
+            self._release()
+            self._new_attempt()
+            self.start(idle=False)
+            return self.wait(timeout)
+        if helper and connected and self.started.is_set():
+            raise RunnerError(
+                f"the dapfab helper in VM {self.config.vm_name} ended during the command "
+                f"({f'exit {code}' if code >= 0 else 'killed'})",
+                hint="something on the management host or in the VM killed it; run the "
+                "command again",
+            )
         if code == -1:
             # No exit-status ever came: the channel closed because a hop died under it.
             raise self.link.lost_error()
         if not self.started.is_set():
-            if self._lease is not None and not self._lease.fresh:
-                # An idle helper died before it began the command (the VM restarted, its
-                # processes were killed): the command never ran, so run it on a new one.
-                log.debug("idle helper gone (exit %s); starting a new one", code)
-                self._release()
-                self._new_attempt()
-                self.start(idle=False)
-                return self.wait(timeout)
             cfg = self.config
             raise launcher.runner_failure(
                 code, bytes(self._early_stderr), incus=cfg.incus, vm_name=cfg.vm_name
-            )
-        if helper:
-            raise RunnerError(
-                f"the dapfab helper in VM {self.config.vm_name} ended during the command "
-                f"(exit {code})",
-                hint="something in the VM killed it; run the command again",
             )
         if self._early_stderr:
             self._emit_stderr(bytes(self._early_stderr))

@@ -94,6 +94,17 @@ def test_a_killed_idle_helper_is_replaced_and_the_command_runs_once(lab, runner_
     assert run_in_runner(runner_config, "cat /tmp/dapfab-once", hide=True).stdout == "x\n"
 
 
+def test_an_idle_helper_whose_exec_client_was_killed_is_replaced(lab, runner_config, no_pool):
+    """Killing the exec client on mgmt ends the session with a signal, not an exit status."""
+    run_in_runner(runner_config, "true", hide=True)
+    clients = wait_until(lambda: [pid for pid, argv in lab.processes("mgmt")
+                                  if "exec" in argv and argv[-1:] == ["dapfab-helper"]],
+                         what="the helper's exec client on mgmt")
+    for pid in clients:
+        os.kill(pid, signal.SIGKILL)
+    assert run_in_runner(runner_config, "echo again", hide=True).stdout == "again\n"
+
+
 def test_a_helper_killed_during_the_command_is_reported_as_the_runner_hop(lab, runner_config, no_pool):
     run_in_runner(runner_config, "true", hide=True)
     (pid,) = wait_until(lambda: helpers(lab), what="an idle helper")

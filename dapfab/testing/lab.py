@@ -82,6 +82,18 @@ def _all_processes() -> Iterator[int]:
             yield int(name)
 
 
+def _pid_ns_depth(pid: int | None) -> int:
+    """How many PID namespaces ``pid`` is nested in (1 for the machine's own), 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("NSpid:"):
+                    return len(line.split()) - 1
+    except OSError:
+        pass
+    return 0
+
+
 def _argv(pid: int) -> list[str] | None:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -550,18 +562,32 @@ class Lab:
         kwargs.setdefault("env", self.host_env(host))
         return subprocess.Popen(self.command(host, argv), **kwargs)
 
-    def processes(self, host: str) -> list[tuple[int, list[str]]]:
-        """(pid, argv) of every process in ``host``, without the lab's own holders/init."""
-        if host == "runner":
+    def processes(self, host: str, *, nested: bool = False) -> list[tuple[int, list[str]]]:
+        """(pid, argv) of every process in ``host``, without the lab's own holders/init.
+
+        In the runner: those of its own PID namespace, or with ``nested`` also those of the
+        PID namespaces below it (dapfab's commands run there), by the runner's network
+        namespace.
+        """
+        if host == "runner" and not nested:
             return self.backend.processes()
         if host == "laptop":
             net = _ns_inode("/proc/self/ns/net")
+        elif host == "runner":
+            net = _ns_inode(f"/proc/{self.backend.init_pid()}/ns/net")
         else:
             net = f"net:[{os.stat(f'/run/netns/{self.netns(host)}').st_ino}]"
-        skip = set(self.state()["holders"].values()) if host != "laptop" else set()
+        depth = 0  # in the runner: its PID namespace or one below (not the lab's unshare)
+        if host == "runner":
+            skip = {self.backend.init_pid()}
+            depth = _pid_ns_depth(self.backend.init_pid())
+        else:
+            skip = set(self.state()["holders"].values()) if host != "laptop" else set()
         found = []
         for pid in _all_processes():
             if pid in skip or _ns_inode(f"/proc/{pid}/ns/net") != net:
+                continue
+            if depth and _pid_ns_depth(pid) < depth:
                 continue
             argv = _argv(pid)
             if argv and _alive(pid):

@@ -29,7 +29,9 @@ def helpers(lab) -> list[int]:
 
 
 def runner_has(lab, word: str) -> bool:
-    return any(word in " ".join(argv) for _, argv in lab.processes("runner"))
+    """Whether a process in the runner (dapfab's nested PID namespaces included) has
+    ``word`` in its command line."""
+    return any(word in " ".join(argv) for _, argv in lab.processes("runner", nested=True))
 
 
 @pytest.fixture
@@ -108,7 +110,11 @@ def test_an_idle_helper_whose_exec_client_was_killed_is_replaced(lab, runner_con
 def test_a_helper_killed_during_the_command_is_reported_as_the_runner_hop(lab, runner_config, no_pool):
     run_in_runner(runner_config, "true", hide=True)
     (pid,) = wait_until(lambda: helpers(lab), what="an idle helper")
-    killer = threading.Timer(1.0, os.kill, (pid, signal.SIGKILL))
+    def kill_once_it_runs() -> None:
+        wait_until(lambda: runner_has(lab, "sleep 30"), what="the command running")
+        os.kill(pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_once_it_runs)
     killer.start()
     try:
         with pytest.raises(RunnerError) as caught:

@@ -72,22 +72,8 @@ def test_a_body_ending_in_a_newline_and_200_is_returned_as_it_is(lab, runner_con
 
 
 def _command_lines(lab, host: str) -> list[str]:
-    """Every command line in ``host``'s network namespace (nested PID namespaces too)."""
-    ns = (
-        os.readlink(f"/proc/{lab.backend.init_pid()}/ns/net")
-        if host == "runner"
-        else f"net:[{os.stat(f'/run/netns/{lab.netns(host)}').st_ino}]"
-    )
-    lines = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if os.readlink(f"/proc/{pid}/ns/net") != ns:
-                continue
-            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        lines.append(raw.replace(b"\0", b" ").decode("utf-8", "replace"))
-    return lines
+    """Every command line in ``host`` (in the runner: dapfab's nested PID namespaces too)."""
+    return [" ".join(argv) for _, argv in lab.processes(host, nested=True)]
 
 
 @pytest.mark.lab

@@ -17,41 +17,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _net_ns(pid: int | str) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/ns/net")
-    except OSError:
-        return None
-
-
-def _argv(pid: str) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [w.decode("utf-8", "replace") for w in raw.split(b"\0") if w]
-
-
-def host_processes(lab: Any, host: str) -> list[tuple[int, list[str]]]:
-    """Every process in ``host``'s network namespace, nested PID namespaces included."""
-    if host == "runner":
-        ns = _net_ns(lab.backend.init_pid())
-    else:
-        ns = f"net:[{os.stat(f'/run/netns/{lab.netns(host)}').st_ino}]"
-    found = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit() and _net_ns(pid) == ns:
-            argv = _argv(pid)
-            if argv:
-                found.append((int(pid), argv))
-    return found
-
-
 def leftovers(lab: Any) -> dict[str, list[list[str]]]:
     """kubectl processes in the runner and exec clients on mgmt (what must never leak)."""
-    runner = [a for _, a in host_processes(lab, "runner") if any("kubectl" in w for w in a)]
-    runner += [a for _, a in host_processes(lab, "runner") if a[0] == "unshare" and a[-1] == "dapfab"]
-    mgmt = [a for _, a in host_processes(lab, "mgmt") if "exec" in a and lab.vm_name in a]
+    everything = lab.processes("runner", nested=True)
+    runner = [a for _, a in everything if any("kubectl" in w for w in a)]
+    runner += [a for _, a in everything if a[0] == "unshare" and a[-1] == "dapfab"]
+    mgmt = [a for _, a in lab.processes("mgmt") if "exec" in a and lab.vm_name in a]
     return {k: v for k, v in (("runner", runner), ("mgmt", mgmt)) if v}
 
 

@@ -99,7 +99,7 @@ def test_curl_header_value_is_in_no_output_and_no_process_list(lab, clean_lab):
     assert b"HTTP 204" in err
     assert_clean((out + err).decode("utf-8", "replace"), [HEADER])
     assert_clean("\n".join(seen), [HEADER, "Authorization"])
-    runner_argv = "\n".join("\0".join(argv) for _, argv in lab.processes("runner"))
+    runner_argv = "\n".join("\0".join(argv) for _, argv in lab.processes("runner", nested=True))
     assert_clean(runner_argv, [HEADER])
 
 

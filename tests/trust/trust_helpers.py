@@ -68,10 +68,10 @@ def sshd_logins(lab) -> dict[str, int]:
 
 def leftovers(lab) -> dict[str, list]:
     """Processes a dapfab command may have left: on mgmt (beyond the listening sshd) and in
-    the runner (everything but its init)."""
+    the runner (everything but its init, dapfab's nested PID namespaces included)."""
     mgmt = [(pid, argv) for pid, argv in lab.processes("mgmt")
             if not any(LISTENER in word for word in argv)]
-    return {"mgmt": mgmt, "runner": lab.processes("runner")}
+    return {"mgmt": mgmt, "runner": lab.processes("runner", nested=True)}
 
 
 def wait_no_leftovers(lab, timeout: float = 20.0) -> dict[str, list]:

@@ -569,8 +569,8 @@ class Lab:
         PID namespaces below it (dapfab's commands run there), by the runner's network
         namespace.
         """
-        if host == "runner" and not nested:
-            return self.backend.processes()
+        if host == "runner" and (not nested or not self.backend.init_pid()):
+            return self.backend.processes()  # [] when the runner is stopped
         if host == "laptop":
             net = _ns_inode("/proc/self/ns/net")
         elif host == "runner":

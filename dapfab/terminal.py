@@ -2,8 +2,8 @@
 
 A pty would mangle the launcher's framed stdin, so the command is first staged in a 0600
 file in the VM through the ordinary launcher, and the pty session runs only
-``bash -c 'c=$(cat "$1"); rm -f "$1"; exec bash -lc "$c"' dapfab FILE``: the management
-host's process list shows the file name, never the command. The pty hangs up the remote
+``bash -c UNSTAGE dapfab FILE`` (which reads and removes FILE, then runs it with
+``bash -lc``): the management host's process list shows the file name, never the command. The pty hangs up the remote
 side when the channel closes; for a laptop that freezes or a link that drops silently (no
 hangup), a companion command on the ordinary launcher (bounded by dapfab's heartbeat) keeps a
 guard file fresh, and a watcher in the pty session kills the session once the guard is
@@ -106,9 +106,10 @@ def run_with_pty(config: RunnerConfig, command: str, *, warn: bool = False) -> R
     words = [config.incus] + (["--project", config.project] if config.project else [])
     words += ["exec", config.vm_name, "-t", "--", "bash", "-c", UNSTAGE, "dapfab", staged]
     size = shutil.get_terminal_size()
+    guard_file = join([staged + ".alive"])
     guard = RemoteProcess(
         config,
-        f"exec bash -c {join([KEEP_GUARD])} {join([staged + '.alive'])}",
+        f"exec bash -c {join([KEEP_GUARD])} {guard_file}",
         on_stdout=lambda _: None,
         on_stderr=lambda _: None,
     )
@@ -117,8 +118,7 @@ def run_with_pty(config: RunnerConfig, command: str, *, warn: bool = False) -> R
         channel.exec_command(join(words))
         code = _pump(channel)
     # The session's watcher removes the guard too, unless something killed it first.
-    run_in_runner(config, f"rm -f {join([staged + '.alive'])}", hide=True, in_stream=False,
-                  warn=True)
+    run_in_runner(config, f"rm -f {guard_file}", hide=True, in_stream=False, warn=True)
     result = Result(command, code)
     if code != 0 and not warn:
         raise CommandError(f"command exited with {code}", exit_code=code, result=result)

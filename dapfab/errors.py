@@ -81,6 +81,15 @@ class Interrupted(DapError):
     hop = "laptop"
 
 
+class OutputClosed(DapError, BrokenPipeError):
+    """Our stdout or stderr was closed by its reader (``| head``): the remote command was
+    stopped. Exit 141, what a shell sees from a pipeline member killed by SIGPIPE; it is also
+    a :class:`BrokenPipeError`, so code that handles that keeps working."""
+
+    exit_code = 141
+    hop = "laptop"
+
+
 class CurlError(DapError):
     """curl failed in the runner (its own exit code) or, for ``k8s.curl``, HTTP >= 400 (22)."""
 

@@ -8,10 +8,13 @@ sent in large frames; a heartbeat keeps the remote side alive while the caller i
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
 import secrets
+import select
+import stat
 import sys
 import threading
 import time
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 from dapfab import launcher
-from dapfab.errors import CommandError, DapTimeout, RunnerError
+from dapfab.errors import CommandError, DapError, DapTimeout, OutputClosed, RunnerError
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
@@ -125,8 +128,6 @@ def _read_chunk(stream: Any) -> bytes:
         data = os.read(fd, launcher.MAX_FRAME)
         if len(data) < STREAMING_READ:
             return data
-        import select
-
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         parts, size = [data], len(data)
@@ -201,8 +202,12 @@ class RemoteProcess:
         self.config = config
         self.reuse = reuse
         self.command = command
-        self.on_stdout = on_stdout
-        self.on_stderr = on_stderr
+        self.sinks = (on_stdout, on_stderr)
+        self.on_stdout = self._guarded(on_stdout, "stdout")
+        self.on_stderr = self._guarded(on_stderr, "stderr")
+        # The first failed write to our own stdout/stderr (a reader that left): from then on
+        # output is drained and dropped, and wait() stops the command and raises.
+        self.output_error: DapError | None = None
         self.in_stream = in_stream
         self._send_lock = threading.Lock()
         self._stderr_tail = bytearray()
@@ -322,6 +327,32 @@ class RemoteProcess:
         finally:
             self._send_lock.release()
 
+    # -- output ------------------------------------------------------------------------
+    def _guarded(self, sink: Sink, name: str) -> Sink:
+        """``sink`` that records a failed write instead of killing the pump thread."""
+
+        def write(data: bytes) -> None:
+            if self.output_error is not None:
+                return
+            try:
+                sink(data)
+            except OSError as exc:
+                self.output_error = _output_error(name, exc)
+
+        return write
+
+    def _check_output(self, *, running: bool) -> None:
+        """Raise the recorded output error. While the command is ``running``, also notice a
+        reader that left before our next write (`logs -f | grep -m1` ends when grep does,
+        not at the next log line)."""
+        if running and self.output_error is None:
+            for sink, name in zip(self.sinks, ("stdout", "stderr"), strict=True):
+                if _reader_gone(sink):
+                    self.output_error = _output_error(name, BrokenPipeError(errno.EPIPE, "Broken pipe"))
+                    break
+        if self.output_error is not None:
+            raise self.output_error
+
     # -- pumps -------------------------------------------------------------------------
     def _pump_stdout(self) -> None:
         marker = self._prefix
@@ -417,6 +448,7 @@ class RemoteProcess:
         self._wait_for(self._ended if helper else self.channel.status_event, timeout)
         for thread in self._threads[:2]:
             thread.join(30.0)  # EOF follows the exit status; the marker may still be queued
+        self._check_output(running=False)
         if helper and self._ends[1].after is not None and b"\n" in (self._ends[0].after or b""):
             code = int(self._ends[0].after.split(b"\n", 1)[0])
             self._lease.keep = True
@@ -464,6 +496,7 @@ class RemoteProcess:
             if interval < 0.05:
                 self.link.nudge()
             interval = min(interval * 2, 0.1)
+            self._check_output(running=True)
             if not self.link.transport.is_active() or (
                 self.channel.closed and not self.channel.exit_status_ready()
             ):
@@ -517,14 +550,41 @@ def _hidden(hide: Any) -> tuple[bool, bool]:
     raise ValueError(f"hide must be None, True, 'out', 'err' or 'both', not {hide!r}")
 
 
-def _terminal_sink(stream: IO[Any]) -> Sink:
-    binary = getattr(stream, "buffer", stream)
+class _StreamSink:
+    """Writes output to one of our own streams (the terminal, a pipe, a file) as it comes."""
 
-    def write(data: bytes) -> None:
-        binary.write(data)
-        binary.flush()
+    def __init__(self, stream: IO[Any]) -> None:
+        self.binary = getattr(stream, "buffer", stream)
+        try:
+            fd = stream.fileno()
+            self.pipe_fd: int | None = fd if stat.S_ISFIFO(os.fstat(fd).st_mode) else None
+        except (AttributeError, OSError, ValueError):
+            self.pipe_fd = None
 
-    return write
+    def __call__(self, data: bytes) -> None:
+        self.binary.write(data)
+        self.binary.flush()
+
+
+def _reader_gone(sink: Sink) -> bool:
+    """Whether ``sink`` writes to a pipe whose reader has closed it (poll says POLLERR)."""
+    fd = getattr(sink, "pipe_fd", None)
+    if fd is None:
+        return False
+    poller = select.poll()
+    poller.register(fd, 0)
+    return any(event & (select.POLLERR | select.POLLNVAL) for _, event in poller.poll(0))
+
+
+def _output_error(name: str, exc: OSError) -> DapError:
+    """The error for a failed write to our own ``name`` stream."""
+    if isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE:
+        return OutputClosed(f"{name} was closed by its reader; stopped the remote command")
+    return DapError(
+        f"cannot write {name}: {exc.strerror or exc}; stopped the remote command",
+        hop="laptop",
+        hint=f"check where {name} goes (disk full, a closed file)",
+    )
 
 
 def _default_in_stream(in_stream: Any) -> Any:
@@ -579,8 +639,8 @@ def run_in_runner(
         return run_with_pty(config, command, warn=warn)
     hide_out, hide_err = _hidden(hide)
     captured: dict[str, list[bytes]] = {"out": [], "err": []}
-    on_stdout = captured["out"].append if hide_out else _terminal_sink(out_stream or sys.stdout)
-    on_stderr = captured["err"].append if hide_err else _terminal_sink(err_stream or sys.stderr)
+    on_stdout = captured["out"].append if hide_out else _StreamSink(out_stream or sys.stdout)
+    on_stderr = captured["err"].append if hide_err else _StreamSink(err_stream or sys.stderr)
     process = RemoteProcess(
         config,
         command,
@@ -590,11 +650,7 @@ def run_in_runner(
         reuse=True,
     )
     with process:
-        try:
-            code = process.wait(timeout)
-        except DapTimeout:
-            process.stop()
-            raise
+        code = process.wait(timeout)
     result = Result(command, code, b"".join(captured["out"]), b"".join(captured["err"]))
     if code != 0 and not warn:
         raise CommandError(f"command exited with {code}", exit_code=code, result=result)

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from invoke import Exit, Program, Task
+from invoke import Exit, ParseError, Program, Task
 
-from dapfab.errors import DapError, Interrupted, render
+from dapfab.errors import DapError, Interrupted, OutputClosed, render
 
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -71,11 +71,29 @@ def cli_edge() -> Iterator[None]:
     except KeyboardInterrupt:
         print(render(Interrupted("interrupted by Ctrl-C")), file=sys.stderr)
         raise Exit(code=130) from None
+    except BrokenPipeError:  # OutputClosed too: the remote command is already stopped
+        # Silent, as a pipeline member killed by SIGPIPE; the dead streams go to /dev/null
+        # so that the interpreter's last flush cannot print a traceback.
+        _drop_closed_streams()
+        raise Exit(code=OutputClosed.exit_code) from None
     except DapError as err:
         if logging.getLogger("dapfab").isEnabledFor(logging.DEBUG):
             logging.getLogger("dapfab").debug("error", exc_info=True)
         print(render(err), file=sys.stderr, flush=True)
         raise Exit(code=err.exit_code) from None
+
+
+def _drop_closed_streams() -> None:
+    """Point stdout and stderr at /dev/null, dropping what is still buffered for them."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                os.dup2(devnull, stream.fileno())
+            except (AttributeError, OSError, ValueError):
+                pass
+    finally:
+        os.close(devnull)
 
 
 def _called_by_program(task: Task) -> Program | None:
@@ -132,8 +150,22 @@ def _find_project_config(start: str) -> str | None:
         here = parent
 
 
+REMAINDER_HINT = " (kubectl's arguments go after `--`: {program} k8s.kubectl -- get pods)"
+
+
 class Dap(Program):
     """``dap``: the dapfab task tree without a tasks.py; reads the same files as ``inv``."""
+
+    def parse_tasks(self) -> None:
+        """Invoke's parsing; a word it cannot place after ``k8s.kubectl`` gets a hint."""
+        try:
+            super().parse_tasks()
+        except ParseError as err:
+            context = getattr(err, "context", None)
+            name = getattr(context, "name", "") or ""
+            if str(err).startswith("No idea what") and name.endswith("kubectl"):
+                raise ParseError(str(err) + REMAINDER_HINT.format(program=self.binary), context) from None
+            raise
 
     def update_config(self, merge: bool = True) -> None:
         project = _find_project_config(os.getcwd())

@@ -1,12 +1,16 @@
 """In-cluster HTTP: :func:`runner_curl` runs the real curl inside the runner VM.
 
-Nothing secret is on any command line, in the management host or in the VM: the URL,
-method, headers and options go into a curl config that travels on the command's stdin
-(``head -c`` writes it to a private temp directory, read with ``curl --config``), followed
-by the body (a file in the same directory, passed with ``--data-binary @FILE``). The
-directory is removed when the command ends. The body comes back on stdout exactly as curl
-wrote it; the response headers come back on stderr after a marker, from ``--dump-header``,
-so the status is parsed from the header block, never from the body.
+Nothing secret is on any command line or in any file, on the management host or in the VM.
+The URL, method, headers and options form a curl config that travels on the command's
+stdin, followed by the body: the VM script hands curl the config through a pipe
+(``--config <(head -c N)``) and the rest of stdin as the body (``--data-binary @-``). The
+body comes back on stdout exactly as curl wrote it; curl's own messages come on stderr,
+then :data:`MARKER`, curl's exit code and the ``--dump-header`` block, which went through a
+pipe into shell memory, so the status is parsed from the header block, never from the body.
+
+Headers mean what they mean to ``curl -H``: ``Name: value`` is sent as given (spaces
+included), ``Name:`` removes a header curl would send (``Host:``, ``User-Agent:``), and
+``Name;`` sends it empty.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ DEFAULT_TIMEOUT = 30.0
 MARKER = b"\x00dapfab-curl "
 _METHOD = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_PARTS = re.compile(r"([^:;]*)([:;])(.*)", re.S)
 _STATUS_LINE = re.compile(rb"^HTTP/[0-9.]+ +([0-9]{3})", re.M)
 
 HINTS = {
@@ -48,13 +53,13 @@ class Response:
     header_list: list[tuple[str, str]] = field(default_factory=list)
 
     @property
-    def headers(self) -> dict[str, str]:
-        """Response headers, names lower-cased; repeated headers joined with ``, ``."""
-        merged: dict[str, str] = {}
+    def headers(self) -> dict[str, list[str]]:
+        """Response headers: lower-cased name -> every value in the order received (a
+        repeated header such as ``Set-Cookie`` keeps each one), as curl's ``%{header_json}``."""
+        grouped: dict[str, list[str]] = {}
         for name, value in self.header_list:
-            key = name.lower()
-            merged[key] = f"{merged[key]}, {value}" if key in merged else value
-        return merged
+            grouped.setdefault(name.lower(), []).append(value)
+        return grouped
 
     @property
     def text(self) -> str:
@@ -67,40 +72,54 @@ class Response:
         return self.status < 400
 
 
-def _no_controls(value: str, what: str) -> str:
+def _header_line(name: str, sep: str, value: str, position: int) -> str:
+    """One validated header line; errors name the header's position, never its text."""
+    if not _HEADER_NAME.fullmatch(name):
+        raise ConfigError(
+            f"invalid header {position}: the part before '{sep}' is not an HTTP header name",
+            hint="give headers as 'Name: value' ('Name:' removes one, 'Name;' sends it empty)",
+        )
     if any(unicodedata.category(ch) == "Cc" and ch != "\t" for ch in value):
         raise ConfigError(
-            f"invalid {what}: it contains control characters (newline, NUL ...)",
-            hint="HTTP header names and values are one line of text",
+            f"invalid header {position} ({name}): its value contains control characters",
+            hint="an HTTP header value is one line of text",
         )
-    return value
+    return f"{name}{sep}{value}"
 
 
 def header_lines(headers: Mapping[str, str] | Iterable[str] | None) -> list[str]:
-    """``K: V`` lines from a mapping or from ``"K: V"`` strings, validated (no values shown)."""
+    """Validated header lines, as ``curl -H`` takes them.
+
+    From strings: ``"Name: value"`` exactly as given, ``"Name:"`` (remove that header) or
+    ``"Name;"`` (send it empty). From a mapping: ``{"Name": "value"}``; an empty value sends
+    the header empty, ``None`` removes it. Errors never show a header's value.
+    """
     if headers is None:
         return []
     if isinstance(headers, str):
         raise TypeError("headers must be a mapping or a sequence of 'K: V' strings")
-    if isinstance(headers, Mapping):
-        pairs = [(str(k), str(v)) for k, v in headers.items()]
-    else:
-        pairs = []
-        for item in headers:
-            name, sep, value = str(item).partition(":")
-            if not sep:
-                raise ConfigError(
-                    f"invalid header {name.strip()[:40]!r}: no ':'",
-                    hint="give headers as 'Name: value'",
-                )
-            pairs.append((name.strip(), value.strip()))
     lines = []
-    for name, value in pairs:
-        if not _HEADER_NAME.fullmatch(name):
+    if isinstance(headers, Mapping):
+        for position, (name, value) in enumerate(headers.items(), 1):
+            if value is None:
+                lines.append(_header_line(str(name), ":", "", position))
+            elif value == "":
+                lines.append(_header_line(str(name), ";", "", position))
+            else:
+                lines.append(_header_line(str(name), ": ", str(value), position))
+        return lines
+    for position, item in enumerate(headers, 1):
+        item = str(item)
+        name, sep, value = item.partition(":")
+        if not sep and item.endswith(";"):
+            name, sep, value = item[:-1], ";", ""
+        if not sep:
             raise ConfigError(
-                f"invalid header name {name[:40]!r}", hint="give headers as 'Name: value'"
+                f"invalid header {position}: no ':'",
+                hint="give headers as 'Name: value' ('Name:' removes one, 'Name;' sends it "
+                "empty)",
             )
-        lines.append(f"{name}: {_no_controls(value, f'value of header {name}')}")
+        lines.append(_header_line(name, sep, value, position))
     return lines
 
 
@@ -109,54 +128,77 @@ def _config_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def curl_config(
+def curl_options(
     url: str,
     *,
     method: str = "GET",
     headers: Iterable[str] = (),
     timeout: float = DEFAULT_TIMEOUT,
     insecure: bool = False,
-) -> bytes:
+) -> list[tuple[str, str | None]]:
+    """The curl options for one request, as ``(long option, value or None)``: the one list
+    that both the config (:func:`curl_config`) and ``--dry`` (:func:`curl_dry_argv`) render."""
+    # HEAD: curl's --head, without writing the headers to stdout as if they were the body
+    verb = [("head", None), ("no-include", None)] if method == "HEAD" else [("request", method)]
+    options: list[tuple[str, str | None]] = [("url", url), *verb]
+    options += [("silent", None), ("show-error", None), ("globoff", None), ("path-as-is", None)]
+    options.append(("max-time", f"{timeout:g}"))
+    options += [("header", line) for line in headers]
+    if insecure:
+        options.append(("insecure", None))
+    return options
+
+
+def curl_config(url: str, **request: object) -> bytes:
     """The curl config (``--config``) for one request: everything that could be secret."""
     lines = [
-        f"url = {_config_string(url)}",
-        "head" if method == "HEAD" else f"request = {_config_string(method)}",
-        "silent",
-        "show-error",
-        "globoff",
-        "path-as-is",
-        f"max-time = {timeout:g}",
+        name if value is None else f"{name} = {_config_string(value)}"
+        for name, value in curl_options(url, **request)  # type: ignore[arg-type]
     ]
-    lines += [f"header = {_config_string(line)}" for line in headers]
-    if insecure:
-        lines.append("insecure")
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
 def curl_script(config_size: int, body_size: int | None) -> str:
-    """Shell code for the VM: store config and body from stdin, run curl, report headers.
+    """Shell code for the VM: curl with its config and body from stdin; report headers.
 
-    Only sizes appear in it. stdout: the body as curl wrote it. stderr: curl's own error
-    text, then :data:`MARKER`, ``<curl exit code> <header bytes>\\n`` and the header dump.
+    Only sizes appear in it, and nothing is written to a file: the config comes through a
+    pipe, the body is curl's stdin, the header dump goes through a pipe into a shell
+    variable. stdout: the body as curl wrote it. stderr: curl's own error text, then
+    :data:`MARKER`, ``<curl exit code>\\n`` and the header dump.
     """
-    data = ' --data-binary @"$d/body"' if body_size is not None else ""
-    body = f'head -c {int(body_size)} > "$d/body" || exit 125\n' if body_size is not None else ""
+    data = " --data-binary @-" if body_size is not None else ""
     return (
-        "umask 077\n"
-        'd=$(mktemp -d) || exit 125\n'
-        "trap 'rm -rf \"$d\"' EXIT\n"
-        f'head -c {int(config_size)} > "$d/config" || exit 125\n'
-        + body
-        + f'curl --config "$d/config" --dump-header "$d/headers" --output -{data} </dev/null\n'
+        "exec 4>&1\n"
+        f'headers=$(curl --config <(head -c {int(config_size)}) --dump-header /dev/fd/5{data}'
+        " 5>&1 >&4 4>&-)\n"
         "code=$?\n"
-        "printf '\\0dapfab-curl %d %d\\n' \"$code\" \"$(wc -c < \"$d/headers\" 2>/dev/null || echo 0)\" >&2\n"
-        'cat "$d/headers" >&2 2>/dev/null\n'
+        "printf '\\0dapfab-curl %d\\n%s' \"$code\" \"$headers\" >&2\n"
         'exit "$code"\n'
     )
 
 
+def curl_dry_argv(url: str, *, body_size: int | None = None, **request: object) -> list[str]:
+    """``curl`` with the same options as a real call, for ``--dry``: header values and the
+    body are placeholders (``<value of NAME>``, ``<request body: N bytes>``) to fill in,
+    since they may be secrets; ``HTTP <status>`` goes to stderr, as ``k8s.curl`` prints."""
+    argv = ["curl"]
+    for name, value in curl_options(url, **request):  # type: ignore[arg-type]
+        if name == "url":
+            continue
+        if name == "header" and value is not None:
+            field_name, sep, rest = _HEADER_PARTS.fullmatch(value).groups()  # type: ignore[union-attr]
+            if rest:
+                value = f"{field_name}{sep} <value of {field_name}>"
+        argv += [f"--{name}"] + ([] if value is None else [value])
+    if body_size is not None:
+        argv += ["--data-binary", f"<request body: {body_size} bytes>"]
+    return argv + ["--write-out", "%{stderr}HTTP %{http_code}\\n", "--url", url]
+
+
 def parse_headers(block: bytes) -> tuple[int, list[tuple[str, str]]]:
-    """The final status and headers from a ``--dump-header`` dump (interim 1xx blocks too)."""
+    """The final status and headers from a ``--dump-header`` dump (interim 1xx blocks too).
+
+    Values are kept as sent, less the one optional space after the colon and the line end."""
     statuses = list(_STATUS_LINE.finditer(block))
     if not statuses:
         return 0, []
@@ -170,7 +212,7 @@ def parse_headers(block: bytes) -> tuple[int, list[tuple[str, str]]]:
         name, sep, value = line.partition(b":")
         if sep:
             headers.append(
-                (name.decode("latin-1").strip(), value.decode("utf-8", "replace").strip())
+                (name.decode("latin-1").strip(), value.decode("utf-8", "replace").strip(" \t"))
             )
     return status, headers
 
@@ -182,11 +224,10 @@ def split_stderr(stderr: bytes) -> tuple[bytes, int | None, bytes]:
         return stderr, None, b""
     head, _, rest = stderr[at + len(MARKER) :].partition(b"\n")
     try:
-        code_text, size_text = head.split()
-        code, size = int(code_text), int(size_text)
+        code = int(head)
     except ValueError:
         return stderr, None, b""
-    return stderr[:at], code, rest[:size]
+    return stderr[:at], code, rest
 
 
 def runner_curl(
@@ -239,7 +280,7 @@ def runner_curl(
             + (f": {detail[-1]}" if detail else "")
             + ")",
             exit_code=result.exited or 1,
-            hint="the runner needs curl, coreutils and a writable temp directory",
+            hint="the runner needs bash, curl and coreutils; `inv config.doctor` checks it",
             result=result,
         )
     if code != 0:
@@ -257,4 +298,14 @@ def runner_curl(
     return Response(status=status, body=result.stdout_bytes, header_list=header_list)
 
 
-__all__ = ["Response", "curl_config", "curl_script", "parse_headers", "runner_curl"]
+__all__ = [
+    "Response",
+    "curl_config",
+    "curl_dry_argv",
+    "curl_options",
+    "curl_script",
+    "header_lines",
+    "parse_headers",
+    "runner_curl",
+    "split_stderr",
+]

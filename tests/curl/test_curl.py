@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dapfab.curl import curl_config, parse_headers, runner_curl, split_stderr
+from dapfab.curl import curl_config, header_lines, parse_headers, runner_curl, split_stderr
 from dapfab.errors import ConfigError, CurlError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,9 +26,10 @@ def test_the_final_status_comes_from_the_last_header_block():
     assert parse_headers(dump) == (404, [("X-A", "1"), ("X-A", "2")])
 
 
-def test_a_body_ending_in_digits_cannot_confuse_the_status():
-    stderr = b"\x00dapfab-curl 0 19\nHTTP/1.1 200 OK\r\n\r\n"
-    assert split_stderr(stderr) == (b"", 0, b"HTTP/1.1 200 OK\r\n\r\n")
+def test_curls_own_stderr_the_exit_code_and_the_header_dump_are_told_apart():
+    # The dump went through a shell variable, which cannot hold NUL: the last marker is ours.
+    stderr = b"curl: (7) noise\n\x00dapfab-curl 7\nHTTP/1.1 200 OK\r\nX-A: 1\r\n\r"
+    assert split_stderr(stderr) == (b"curl: (7) noise\n", 7, b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r")
 
 
 def test_config_values_are_quoted_for_curls_config_syntax():
@@ -68,7 +69,7 @@ def test_a_body_ending_in_a_newline_and_200_is_returned_as_it_is(lab, runner_con
     response = runner_curl(runner_config, _web(lab, "/echo"), method="POST", data=b"x\n200")
     assert response.status == 200
     assert json.loads(response.body)["body"] == "x\n200"
-    assert response.headers["content-type"] == "application/json"
+    assert response.headers["content-type"] == ["application/json"]
 
 
 def _command_lines(lab, host: str) -> list[str]:
@@ -183,7 +184,7 @@ def test_k8s_curl_json_prints_status_headers_and_body(lab, path, key, value):
     out = json.loads(done.stdout)
     assert out["status"] == 200
     assert out[key] == value
-    assert out["headers"]["x-pod"] == "web"
+    assert out["headers"]["x-pod"] == ["web"]
 
 
 @pytest.mark.lab
@@ -192,3 +193,94 @@ def test_k8s_curl_passes_curls_own_code_and_one_line_for_a_refused_connection(la
     assert done.returncode == 7
     lines = done.stderr.decode().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dapfab: curl: (7) Failed to connect")
+
+
+# -- headers and methods mean what they mean to curl ---------------------------------------
+@pytest.mark.parametrize(
+    "given,line",
+    [
+        ("X-Leading:    spaced  ", "X-Leading:    spaced  "),  # sent as given, not trimmed
+        ("Host:", "Host:"),  # removes a header curl would send
+        ("X-Custom;", "X-Custom;"),  # curl's form for an empty header
+        ("Accept: */*", "Accept: */*"),
+    ],
+)
+def test_header_strings_reach_curl_exactly_as_curl_h_takes_them(given, line):
+    assert header_lines([given]) == [line]
+
+
+def test_a_mapping_sends_values_removes_on_none_and_sends_empty_on_empty():
+    assert header_lines({"A": "1", "Host": None, "X-E": ""}) == ["A: 1", "Host:", "X-E;"]
+
+
+@pytest.mark.parametrize("bad", ["Bearer s3cret-token", "Authorization Bearer s3cret: x", "X: a\nb"])
+def test_a_malformed_header_is_refused_without_echoing_its_value(bad):
+    with pytest.raises(ConfigError) as caught:
+        header_lines(["Good: 1", bad])
+    assert "header 2" in str(caught.value)
+    assert "s3cret" not in str(caught.value) and "a\nb" not in str(caught.value)
+
+
+def test_head_asks_curl_for_headers_only_and_keeps_them_off_stdout():
+    config = curl_config("http://h/", method="HEAD").decode().splitlines()
+    assert "head" in config and "no-include" in config and not any(
+        line.startswith("request") for line in config
+    )
+
+
+def _raw_headers(response) -> list[str]:
+    return json.loads(response.body)["raw_headers"]
+
+
+@pytest.mark.lab
+def test_host_colon_removes_the_host_header_and_a_semicolon_sends_one_empty(lab, runner_config):
+    raw = _raw_headers(runner_curl(runner_config, _web(lab, "/echo"), headers=["Host:", "X-Custom;"]))
+    assert not any(line.lower().startswith("host") for line in raw), raw
+    assert "X-Custom:" in raw
+
+
+@pytest.mark.lab
+def test_header_values_arrive_untrimmed(lab, runner_config):
+    raw = _raw_headers(runner_curl(runner_config, _web(lab, "/echo"), headers=["X-Leading:    spaced  "]))
+    assert "X-Leading:    spaced  " in raw
+
+
+@pytest.mark.lab
+def test_head_has_an_empty_body_in_the_api_stdout_and_json(lab, runner_config):
+    url = _web(lab, "/status/200")
+    response = runner_curl(runner_config, url, method="HEAD")
+    assert (response.status, response.body) == (200, b"")
+    assert response.headers["content-length"] == ["16"]
+    done = _inv(lab, "--method", "HEAD", url)
+    assert (done.returncode, done.stdout) == (0, b"")
+    out = json.loads(_inv(lab, "--method", "HEAD", "--json", url).stdout)
+    assert out["body"] == "" and out["status"] == 200
+
+
+@pytest.mark.lab
+def test_repeated_response_headers_each_keep_their_value(lab, runner_config):
+    response = runner_curl(runner_config, _web(lab, "/cookies"))
+    assert response.headers["set-cookie"] == ["a=1", "b=2"]
+    out = json.loads(_inv(lab, "--json", _web(lab, "/cookies")).stdout)
+    assert out["headers"]["set-cookie"] == ["a=1", "b=2"]
+
+
+@pytest.mark.lab
+def test_header_at_file_reads_one_header_a_line_and_keeps_the_token_off_the_command_line(
+    lab, tmp_path
+):
+    token = "tok-" + os.urandom(8).hex()
+    headers = tmp_path / "headers"
+    headers.write_text(f"Authorization: Bearer {token}\r\n\nX-Two: 2\n")
+    done = _inv(lab, "--header", f"@{headers}", _web(lab, "/echo"))
+    echoed = json.loads(done.stdout)
+    assert echoed["headers"]["authorization"] == f"Bearer {token}"
+    assert echoed["headers"]["x-two"] == "2"
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("timeout", ["nan", "-5", "0", "inf", "abc"])
+def test_a_timeout_that_is_not_a_finite_positive_number_is_refused(lab, timeout):
+    done = _inv(lab, f"--timeout={timeout}", _web(lab, "/status/200"))
+    assert done.returncode == 2
+    assert done.stderr.decode().startswith("dapfab: config: invalid --timeout")

@@ -9,8 +9,9 @@ HTTP on 8080 (any method, keep-alive, Content-Length or chunked request bodies):
 - ``/slow/S``, ``/delay/S``  waits S seconds (float), then echoes
 - ``/drop``       closes the connection without any response
 - ``/binary``     ``BINARY_BODY``: bytes that are not valid UTF-8
+- ``/cookies``    200 with two ``Set-Cookie`` headers (``a=1``, ``b=2``)
 - anything else   echoes the request as JSON: method, path, query, headers (lower-cased
-  names), body (UTF-8, invalid bytes replaced), body_base64, pod, generation
+  names), raw_headers (the header lines exactly as received), body (UTF-8, invalid bytes replaced), body_base64, pod, generation
 
 TCP: 9000 echoes everything back; 9001 discards everything (answers nothing); 9002 reads
 one line with a decimal N and sends N pattern bytes, then closes.
@@ -158,8 +159,9 @@ class WebPod:
         parts = url.path.strip("/").split("/")
         head_only = method == "HEAD"
 
-        async def respond(code: int, payload: bytes, ctype: str = "application/json") -> None:
-            extra = "" if keep else "Connection: close\r\n"
+        async def respond(code: int, payload: bytes, ctype: str = "application/json",
+                          extra: str = "") -> None:
+            extra += "" if keep else "Connection: close\r\n"
             no_body = code < 200 or code in (204, 304)
             length = "" if no_body else f"Content-Length: {len(payload)}\r\nContent-Type: {ctype}\r\n"
             writer.write(f"HTTP/1.1 {code} {REASONS.get(code, 'Status')}\r\n{length}"
@@ -192,6 +194,8 @@ class WebPod:
             log(f"{method} {target} 200 {n}")
         elif parts[0] == "binary":
             await respond(200, BINARY_BODY, "application/octet-stream")
+        elif parts[0] == "cookies":
+            await respond(200, b"{}\n", extra="Set-Cookie: a=1\r\nSet-Cookie: b=2\r\n")
         else:
             if parts[0] in ("slow", "delay") and len(parts) > 1:
                 try:
@@ -200,7 +204,9 @@ class WebPod:
                     pass
             echo = {
                 "method": method, "path": url.path, "query": url.query, "target": target,
-                "headers": {k: v for k, v in headers}, "body": body.decode("utf-8", "replace"),
+                "headers": {k: v for k, v in headers},
+                "raw_headers": [line for line in lines[1:] if line],
+                "body": body.decode("utf-8", "replace"),
                 "body_base64": base64.b64encode(body).decode(), "pod": self.name,
                 "generation": self.generation,
             }

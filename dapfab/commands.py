@@ -11,6 +11,7 @@ login shell (:func:`incus_command`).
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -61,6 +62,27 @@ def validate_port(value: Any, *, allow_zero: bool = False, what: str = "port") -
     return number
 
 
+SECONDS_MAX = 86400.0
+
+
+def validate_seconds(value: Any, *, what: str, allow_zero: bool = False) -> float:
+    """Return ``value`` (str, int or float) as a finite number of seconds, more than 0 (or
+    0 too with ``allow_zero``) and at most a day; ConfigError otherwise (``nan``, ``-5``)."""
+    low = "0" if allow_zero else "more than 0"
+    hint = f"give {what} in seconds, {low} and at most {SECONDS_MAX:g}"
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"invalid {what} {value!r}: not a number", hint=hint) from None
+    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero) or (
+        number > SECONDS_MAX
+    ):
+        raise ConfigError(f"invalid {what} {value!r}: out of range", hint=hint)
+    return number
+
+
 def validate_namespace(value: Any) -> str:
     """Return ``value`` if it is a Kubernetes namespace name (DNS-1123 label), else ConfigError."""
     if not isinstance(value, str) or len(value) > NAME_MAX or not _NAMESPACE.fullmatch(value):
@@ -104,6 +126,10 @@ def _has_control(text: str) -> bool:
     return any(unicodedata.category(ch) == "Cc" for ch in text)
 
 
+# Linux's MAX_ARG_STRLEN: one argument of exec() is at most 32 pages, its NUL included.
+ARG_MAX_BYTES = 131072 - 1
+
+
 def _words(args: Sequence[str], what: str) -> list[str]:
     if isinstance(args, (str, bytes)):
         raise TypeError(f"{what} must be a sequence of strings, not a single string")
@@ -119,6 +145,18 @@ def _words(args: Sequence[str], what: str) -> list[str]:
     return words
 
 
+def _check_sizes(words: Sequence[str], what: str) -> None:
+    """Refuse, before sending, an argument that the VM's kernel would refuse to exec."""
+    for position, word in enumerate(words, 1):
+        size = len(word.encode("utf-8", "surrogateescape"))
+        if size > ARG_MAX_BYTES:
+            raise ConfigError(
+                f"{what} {position} is {size} bytes, over the kernel's limit of "
+                f"{ARG_MAX_BYTES} bytes for one argument",
+                hint="pass large data on stdin or in a file (e.g. -f -)",
+            )
+
+
 def kubectl_argv(
     args: Sequence[str], *, namespace: str | None = None, context: str | None = None
 ) -> list[str]:
@@ -128,7 +166,9 @@ def kubectl_argv(
         argv += ["--namespace", validate_namespace(namespace)]
     if context is not None:
         argv += ["--context", validate_context(context)]
-    return argv + _words(args, "kubectl arguments")
+    words = _words(args, "kubectl arguments")
+    _check_sizes(words, "kubectl argument")
+    return argv + words
 
 
 def kubectl_command(
@@ -184,5 +224,6 @@ __all__ = [
     "validate_name",
     "validate_namespace",
     "validate_port",
+    "validate_seconds",
     "validate_url",
 ]

@@ -65,6 +65,31 @@ def forward_command(
     return kubectl_command(args, namespace=namespace, context=context)
 
 
+# What `--dry` shows for a forward: run by hand on the management host, nothing tells the
+# VM that the caller's SSH went away except stdin's end, so kubectl runs in the background
+# and is killed when stdin closes (or on INT/TERM/HUP, which incus passes on).
+_UNTIL_STDIN_CLOSES = (
+    "{command} & k=$!; exec 3<&0; cat <&3 >/dev/null & c=$!; "
+    "trap 'kill $k $c 2>/dev/null' EXIT; trap exit INT TERM HUP; wait -n"
+)
+
+
+def forward_dry_command(
+    target: str,
+    remote_port: int,
+    *,
+    local_port: int = 0,
+    namespace: str | None = None,
+    context: str | None = None,
+) -> str:
+    """:func:`forward_command` as a user can paste it: it ends when its stdin closes (the
+    SSH session that ran it went away), on Ctrl-C, or when kubectl exits."""
+    command = forward_command(
+        target, remote_port, local_port=local_port, namespace=namespace, context=context
+    )
+    return _UNTIL_STDIN_CLOSES.format(command=command)
+
+
 def parse_forwarding(output: bytes) -> int | None:
     """The runner port from kubectl's ``Forwarding from 127.0.0.1:<port> -> <remote>`` line."""
     match = _FORWARDING.search(output)

@@ -33,8 +33,8 @@ def run_options(c: Context) -> dict[str, Any]:
         "namespace": "kubectl --namespace (default: dap.kubectl.namespace)",
         "context": "kubectl --context (default: dap.kubectl.context)",
         "runner": RUNNER_HELP,
-        "args": "kubectl arguments, for callers from Python; on the command line put them "
-        "after `--`, where they arrive byte for byte",
+        "args": "for Python callers only: kubectl(c, args=[...]); on the command line put "
+        "kubectl's arguments after `--`, where they arrive byte for byte",
     },
 )
 def kubectl(
@@ -46,6 +46,7 @@ def kubectl(
 ) -> None:
     """Run kubectl in the runner VM: inv k8s.kubectl [-n NS] -- ARGS...
 
+    kubectl's arguments go after `--` (without it Invoke says "No idea what 'get' is!").
     stdout/stderr stream, stdin passes through (`apply -f -`), the exit code is kubectl's;
     on a terminal, `exec -it`, `edit` and `attach` get a pty.
     """
@@ -191,7 +192,7 @@ def forward(
 
     from dapfab.bridge import LaptopBridge
     from dapfab.commands import incus_command, validate_context, validate_namespace, validate_port
-    from dapfab.forward import Forward, forward_command, validate_target
+    from dapfab.forward import Forward, forward_dry_command, validate_target
 
     with cli_edge():
         target = validate_target(target)
@@ -209,12 +210,12 @@ def forward(
         namespace = validate_namespace(namespace) if namespace is not None else default_ns
         context = validate_context(context) if context is not None else default_ctx
         options = run_options(c)
-        code = forward_command(
-            target, remote_port, local_port=runner_port, namespace=namespace, context=context
-        )
         if options["dry"] or options["echo"]:
             import sys
 
+            code = forward_dry_command(
+                target, remote_port, local_port=runner_port, namespace=namespace, context=context
+            )
             print(incus_command(config, code), file=sys.stdout if options["dry"] else sys.stderr)
             if options["dry"]:
                 return
@@ -292,6 +293,29 @@ def _request_body(data: str | None) -> bytes | None:
     return data.encode("utf-8", "surrogateescape")
 
 
+def _header_args(values: list[str]) -> list[str]:
+    """``--header`` values with each ``@FILE`` replaced by that file's lines (one header a
+    line, blank lines skipped, as ``curl -H @file``), so a secret need not be typed."""
+    from dapfab.errors import ConfigError
+
+    headers: list[str] = []
+    for value in values:
+        if not value.startswith("@"):
+            headers.append(value)
+            continue
+        path = value[1:]
+        try:
+            with open(path, "rb") as handle:
+                text = handle.read().decode("utf-8", "surrogateescape")
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read --header file {path} ({exc.strerror})",
+                hint="give @FILE with a readable file on this machine, one 'Name: value' a line",
+            ) from None
+        headers += [line for line in text.splitlines() if line.strip()]
+    return headers
+
+
 def response_json(response: Any) -> dict[str, Any]:
     """``{status, headers, body}``, or ``body_base64`` when the body is not UTF-8."""
     import base64
@@ -312,11 +336,14 @@ def response_json(response: Any) -> dict[str, Any]:
         "url": "the URL, as the runner resolves it (http://web.default.svc:8080/path)",
         "runner": RUNNER_HELP,
         "method": "HTTP method (default GET, POST with --data)",
-        "header": "a request header 'Name: value' (repeatable); never on a command line",
+        "header": "a request header as curl -H takes it (repeatable): 'Name: value' sent as "
+        "given, 'Name:' removes one, 'Name;' sends it empty, @FILE reads one a line (keeps "
+        "tokens off command lines); never on a remote command line",
         "data": "request body: text, @FILE (a file on this machine) or @- (stdin)",
         "no_fail": "exit 0 for HTTP status >= 400 too (default: exit 22)",
-        "json": "print {status, headers, body} (body_base64 when not UTF-8) as JSON",
-        "timeout": "seconds curl may take (default 30)",
+        "json": "print {status, headers, body} as JSON: headers maps each lower-cased name to "
+        "the list of its values; body_base64 instead of body when not UTF-8",
+        "timeout": "seconds curl may take, more than 0 (default 30)",
     },
 )
 def curl(
@@ -334,27 +361,27 @@ def curl(
     import json as jsonlib
     import sys
 
-    from dapfab.commands import incus_command, validate_url
-    from dapfab.curl import curl_config, curl_script, header_lines, runner_curl
-    from dapfab.errors import ConfigError
+    from dapfab.commands import incus_command, validate_seconds, validate_url
+    from dapfab.curl import curl_dry_argv, header_lines, runner_curl
+    from dapfab.quoting import join
 
     with cli_edge():
         url = validate_url(url)
-        headers = header_lines(header or [])
-        try:
-            seconds = float(timeout) if timeout is not None else 30.0
-        except ValueError:
-            raise ConfigError(
-                f"invalid --timeout {timeout!r}", hint="give seconds, e.g. 30"
-            ) from None
+        headers = header_lines(_header_args(header or []))
+        seconds = validate_seconds(timeout if timeout is not None else 30, what="--timeout")
         config = runner_config(c, runner)
         body = _request_body(data)
         verb = (method or ("POST" if body is not None else "GET")).upper()
         options = run_options(c)
         if options["dry"] or options["echo"]:
-            size = len(curl_config(url, method=verb, headers=headers, timeout=seconds))
-            script = curl_script(size, None if body is None else len(body))
-            print(incus_command(config, script), file=sys.stdout if options["dry"] else sys.stderr)
+            argv = curl_dry_argv(
+                url,
+                method=verb,
+                headers=headers,
+                timeout=seconds,
+                body_size=None if body is None else len(body),
+            )
+            print(incus_command(config, join(argv)), file=sys.stdout if options["dry"] else sys.stderr)
             if options["dry"]:
                 return
         response = runner_curl(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from invoke import Collection, Program, task
 
@@ -88,3 +91,24 @@ def test_dap_errors_become_one_line_and_their_exit_code(capsys):
 )
 def test_wants_pty_only_for_interactive_commands(args, expected):
     assert wants_pty(args) is expected
+
+
+def _dap(*argv: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-c", "from dapfab.cli import main; main()", *argv],
+        capture_output=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+
+
+def test_dap_says_kubectls_arguments_go_after_the_double_dash_when_it_is_forgotten():
+    done = _dap("k8s.kubectl", "get", "pods")
+    assert done.returncode == 1
+    assert done.stderr.decode().strip() == (
+        "No idea what 'get' is! (kubectl's arguments go after `--`: dap k8s.kubectl -- get pods)"
+    )
+
+
+def test_kubectl_help_says_args_is_for_python_callers_and_arguments_follow_the_dashes():
+    text = _dap("-h", "k8s.kubectl").stdout.decode()
+    assert "--args" in text and "for Python callers only" in text
+    assert "kubectl's arguments go after `--`" in text

@@ -378,3 +378,20 @@ def test_the_stub_really_checks_the_shape(stub_bin):
     with pytest.raises(AssertionError):
         run_management_shell("bash", "incus exec vm -- sh -c 'kubectl x'", stub_bin)
     assert os.access(stub_bin / "kubectl", os.X_OK)
+
+
+def test_one_kubectl_argument_over_the_kernels_limit_is_refused_naming_position_and_size():
+    from dapfab.commands import ARG_MAX_BYTES, kubectl_command
+
+    assert kubectl_command(["get", "x" * ARG_MAX_BYTES])  # the largest that execs
+    with pytest.raises(ConfigError) as caught:
+        kubectl_command(["get", "pods", "é" * 70000])  # 140000 bytes in UTF-8
+    message = str(caught.value)
+    assert caught.value.exit_code == 2
+    assert "argument 3 is 140000 bytes" in message and str(ARG_MAX_BYTES) in message
+
+
+def test_the_runner_command_as_a_whole_may_be_longer_than_one_argument():
+    from dapfab.commands import incus_command
+
+    assert incus_command({"vm": "v"}, "echo " + "x" * 200000)

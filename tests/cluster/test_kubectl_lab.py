@@ -202,3 +202,18 @@ def test_hundreds_of_mib_cross_one_forward_both_ways(lab: Any) -> None:
     assert up.returncode == 0, up.stderr
     logs = kubectl(lab, "logs", "web").stdout
     assert f"discard: {size} bytes" in logs
+
+
+def test_kubectl_create_sends_protobuf_and_the_lab_accepts_it(lab: Any) -> None:
+    literal = "multi=line one\nline two"
+    done = kubectl(lab, "create", "configmap", "from-literal", "--from-literal=a=b",
+                   f"--from-literal={literal}", "--from-literal=u=ünï ✓")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(kubectl(lab, "get", "configmap", "from-literal", "-o", "json").stdout)["data"]
+    assert data == {"a": "b", "multi": "line one\nline two", "u": "ünï ✓"}
+    assert kubectl(lab, "create", "namespace", "from-proto").returncode == 0
+    assert kubectl(lab, "create", "service", "clusterip", "from-proto", "--tcp=80:8080").returncode == 0
+    ports = json.loads(kubectl(lab, "get", "service", "from-proto", "-o", "json").stdout)["spec"]["ports"]
+    assert (ports[0]["port"], ports[0]["targetPort"]) == (80, 8080)
+    for kind, name in (("configmap", "from-literal"), ("service", "from-proto"), ("namespace", "from-proto")):
+        kubectl(lab, "delete", kind, name)

@@ -58,9 +58,13 @@ class Request:
 
     def json_body(self) -> Any:
         ctype = self.headers.get("content-type", "")
-        if "protobuf" in ctype:
-            raise HTTPError(415, "UnsupportedMediaType",
-                            "the lab's API server accepts JSON and YAML bodies, not protobuf")
+        if "protobuf" in ctype:  # kubectl create's typed clients
+            from dapfab.testing.cluster.protobuf import ProtobufError, decode_object
+
+            try:
+                return decode_object(self.body)
+            except ProtobufError as exc:
+                raise HTTPError(415, "UnsupportedMediaType", str(exc)) from None
         try:
             return json.loads(self.body or b"{}")
         except ValueError:

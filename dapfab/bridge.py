@@ -1,11 +1,19 @@
-"""The laptop bridge: 127.0.0.1 on the laptop to a port on the runner's loopback.
+"""The laptop bridge: the laptop's loopback to a port on the runner's loopback.
 
-Each TCP connection accepted on the laptop becomes one relay in the VM, started through the
-remote launcher over dapfab's pooled SSH connections (more connections than the management
-host's ``MaxSessions`` open more SSH connections; no process on the laptop, nothing listening
-beyond loopback). The relay uses only what the VM has, bash and cat::
+It listens on 127.0.0.1 and, where the laptop has IPv6 loopback, on ::1 with the same port
+(another local user could otherwise take ``[::1]:PORT`` and get the connections of every
+client whose ``localhost`` is ::1 first). Each TCP connection accepted there becomes one
+relay in the VM, started through the remote launcher over dapfab's pooled SSH connections
+(more connections than the management host's ``MaxSessions`` open more SSH connections; no
+process on the laptop, nothing listening beyond loopback). The relay uses only what the VM
+has, bash and cat::
 
     exec 3<>/dev/tcp/127.0.0.1/PORT; cat <&0 >&3 & exec cat <&3
+
+Given the forward's ``listener`` (the inode of its kubectl's listening socket), the relay
+connects only while that socket holds the port, checked in ``/proc/net/tcp`` before and after
+connecting: a VM user who takes the port while kubectl restarts never gets a laptop
+connection. While the forward is down, a laptop connection is accepted and closed at once.
 
 Bytes pass through ``cat`` untouched in both directions. Closing: when the runner side ends
 (the forward's peer closed), the relay exits and the laptop connection is closed after the
@@ -27,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from dapfab.commands import validate_port
 from dapfab.errors import ConfigError
+from dapfab.forward import LISTENER_SH
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
@@ -38,14 +47,19 @@ SOCKET_BUFFER = 4 << 20
 HALF_CLOSED_IDLE = 30.0
 
 
-def relay_command(port: int) -> str:
-    """Shell code for the VM: carry stdin to 127.0.0.1:``port`` and its answers to stdout."""
+RELAY_REFUSED = 111  # nothing listens on the runner port
+RELAY_NOT_OURS = 112  # the runner port is held by a socket other than the forward's kubectl
+
+
+def relay_command(port: int, listener: int | None = None) -> str:
+    """Shell code for the VM: carry stdin to 127.0.0.1:``port`` and its answers to stdout;
+    with ``listener``, only if that socket (inode) listens there before and after connecting."""
     port = validate_port(port)
-    return (
-        f"exec 3<>/dev/tcp/127.0.0.1/{port} || exit 111\n"
-        "cat <&0 >&3 &\n"
-        "exec cat <&3\n"
-    )
+    connect = f"exec 3<>/dev/tcp/127.0.0.1/{port} || exit {RELAY_REFUSED}\n"
+    if listener is not None:
+        check = f'[ "$(listener {port})" = {int(listener)} ] || exit {RELAY_NOT_OURS}\n'
+        connect = LISTENER_SH + "\n" + check + connect + check
+    return connect + "cat <&0 >&3 &\nexec cat <&3\n"
 
 
 class _SocketReader:
@@ -86,9 +100,10 @@ class _SocketReader:
 class BridgedConnection:
     """One laptop TCP connection carried to the runner port by one relay in the VM."""
 
-    def __init__(self, bridge: LaptopBridge, sock: socket.socket) -> None:
+    def __init__(self, bridge: LaptopBridge, sock: socket.socket, listener: int | None) -> None:
         self.bridge = bridge
         self.sock = sock
+        self.listener = listener
         self.client_eof: float | None = None
         self.last_activity = time.monotonic()
         self.broken = threading.Event()
@@ -123,7 +138,7 @@ class BridgedConnection:
         bridge = self.bridge
         process = RemoteProcess(
             bridge.config,
-            relay_command(bridge.runner_port or 0),
+            relay_command(bridge.runner_port or 0, self.listener),
             on_stdout=self._down,
             on_stderr=self._err,
             in_stream=_SocketReader(self),
@@ -145,8 +160,13 @@ class BridgedConnection:
                     break
             if channel.status_event.is_set():
                 code = process.wait(10.0)
-                if code == 111 and self.relay_stderr:
+                if code == RELAY_REFUSED and self.relay_stderr:
                     log.debug("relay: %s", self.relay_stderr.decode("utf-8", "replace").strip())
+                elif code == RELAY_NOT_OURS:
+                    bridge.on_event(
+                        f"runner port {bridge.runner_port} is not held by this forward's kubectl "
+                        "(restarting, or taken by another process); closed a laptop connection"
+                    )
         except DapError as err:
             self.fail(str(err))
         except Exception as exc:  # never let one connection take the listener down
@@ -168,8 +188,11 @@ class LaptopBridge:
     """Listen on the laptop's 127.0.0.1 and carry each connection to ``runner_port`` in the VM.
 
     Use as a context manager or call :meth:`start` / :meth:`close`. ``laptop_port`` 0 picks a
-    free port; :attr:`laptop_port` is the real one once started. A port already in use raises
-    :class:`~dapfab.errors.ConfigError` (exit 2) at once.
+    port free on both loopbacks; :attr:`laptop_port` is the real one once started and
+    :attr:`addresses` what is listened on. A port already in use (on 127.0.0.1 or ::1) raises
+    :class:`~dapfab.errors.ConfigError` (exit 2) at once. ``listener`` returns the inode of
+    the forward's listening socket, or None while it is down (see the module docs); without
+    it, connections are relayed to whatever listens on the runner port.
     """
 
     def __init__(
@@ -179,8 +202,10 @@ class LaptopBridge:
         *,
         laptop_port: int | str = 0,
         on_event: Callable[[str], None] | None = None,
+        listener: Callable[[], int | None] | None = None,
     ) -> None:
         self.config = config
+        self.listener = listener
         self.runner_port = None if runner_port is None else validate_port(runner_port, what="runner port")
         self.requested_port = validate_port(laptop_port, allow_zero=True, what="laptop port")
         self.laptop_port: int | None = None
@@ -193,7 +218,8 @@ class LaptopBridge:
         self._lock = threading.Lock()
         self._processes: set[Any] = set()
         self._threads: set[threading.Thread] = set()
-        self._listener: socket.socket | None = None
+        self._listeners: list[socket.socket] = []
+        self.addresses: list[str] = []
         self._acceptor: threading.Thread | None = None
 
     def count(self, *, up: int = 0, down: int = 0) -> None:
@@ -202,32 +228,43 @@ class LaptopBridge:
         self.bytes_down += down
 
     def bind(self) -> int:
-        """Bind 127.0.0.1 (before anything is sent, so a port in use fails early); the port."""
-        if self._listener is not None:
+        """Bind 127.0.0.1 and ::1 (before anything is sent, so a port in use fails early);
+        the port."""
+        if self._listeners:
             assert self.laptop_port is not None
             return self.laptop_port
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            listener.bind(("127.0.0.1", self.requested_port))
-        except OSError as exc:
-            listener.close()
-            reason = "in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        ipv6 = _has_ipv6_loopback()
+        for _ in range(20):  # port 0: retry until the free IPv4 port is free on ::1 too
+            v4 = _listen(socket.AF_INET, "127.0.0.1", self.requested_port)
+            port = v4.getsockname()[1]
+            try:
+                self._listeners = [v4] + ([_listen(socket.AF_INET6, "::1", port)] if ipv6 else [])
+                break
+            except ConfigError:
+                v4.close()
+                if self.requested_port:
+                    raise
+        else:
             raise ConfigError(
-                f"laptop port {self.requested_port} on 127.0.0.1: {reason}",
+                "no laptop port is free on both 127.0.0.1 and ::1",
                 hop="laptop",
-                hint="pick another --laptop-port, or 0 for a free one",
-            ) from None
-        listener.listen(128)
-        listener.settimeout(0.25)
-        self._listener = listener
-        self.laptop_port = listener.getsockname()[1]
-        return self.laptop_port
+                hint="give a free --laptop-port",
+            )
+        self.laptop_port = port
+        self.addresses = ["127.0.0.1"] + (["[::1]"] if ipv6 else [])
+        return port
 
-    def start(self, runner_port: int | None = None) -> int:
-        """Bind (unless bound) and start accepting for ``runner_port``; the laptop port."""
+    def start(
+        self,
+        runner_port: int | None = None,
+        listener: Callable[[], int | None] | None = None,
+    ) -> int:
+        """Bind (unless bound) and start accepting for ``runner_port`` (only while
+        ``listener``, if given, names the forward's socket); the laptop port."""
         if runner_port is not None:
             self.runner_port = validate_port(runner_port, what="runner port")
+        if listener is not None:
+            self.listener = listener
         if self.runner_port is None:
             raise ValueError("the runner port is not known yet")
         self.bind()
@@ -237,35 +274,44 @@ class LaptopBridge:
         return self.laptop_port
 
     def _accept(self) -> None:
-        listener = self._listener
-        assert listener is not None
+        import select
+
         while not self.closed.is_set():
             try:
-                sock, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
+                ready, _, _ = select.select(self._listeners, [], [], 0.25)
+                accepted = [listener.accept()[0] for listener in ready]
+            except (OSError, ValueError):  # closed under us, or a client that left at once
                 if self.closed.is_set():
                     return
                 time.sleep(0.1)
                 continue
-            sock.settimeout(None)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
-                except OSError:
-                    pass
-            connection = BridgedConnection(self, sock)
-            thread = threading.Thread(target=connection.run, name="dapfab-bridged", daemon=True)
-            with self._lock:
-                if self.closed.is_set():
-                    sock.close()
-                    return
-                self.open_connections += 1
-                self.total_connections += 1
-                self._threads.add(thread)
-            thread.start()
+            for sock in accepted:
+                self._serve(sock)
+
+    def _serve(self, sock: socket.socket) -> None:
+        """Relay one accepted laptop connection, or close it at once while the forward is down."""
+        listener = self.listener() if self.listener is not None else None
+        if self.listener is not None and listener is None:
+            log.debug("forward down: closed a laptop connection at once")
+            sock.close()
+            return
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+            except OSError:
+                pass
+        connection = BridgedConnection(self, sock, listener)
+        thread = threading.Thread(target=connection.run, name="dapfab-bridged", daemon=True)
+        with self._lock:
+            if self.closed.is_set():
+                sock.close()
+                return
+            self.open_connections += 1
+            self.total_connections += 1
+            self._threads.add(thread)
+        thread.start()
 
     def _track(self, process: Any) -> None:
         with self._lock:
@@ -285,8 +331,8 @@ class LaptopBridge:
     def close(self) -> None:
         """Stop listening, end every relay and wait until they are gone in the VM."""
         self.closed.set()
-        if self._listener is not None:
-            self._listener.close()
+        for listener in self._listeners:
+            listener.close()
         if self._acceptor is not None:
             self._acceptor.join(5.0)
         with self._lock:
@@ -305,6 +351,39 @@ class LaptopBridge:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _has_ipv6_loopback() -> bool:
+    """Whether this host can listen on ::1."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def _listen(family: socket.AddressFamily, address: str, port: int) -> socket.socket:
+    """A listening socket on ``address``:``port``; ConfigError (exit 2) if that port is taken."""
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    try:
+        listener.bind((address, port))
+    except OSError as exc:
+        listener.close()
+        reason = "in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        shown = f"[{address}]" if ":" in address else address
+        raise ConfigError(
+            f"laptop port {port} on {shown}: {reason}",
+            hop="laptop",
+            hint="pick another --laptop-port, or 0 for a free one",
+        ) from None
+    listener.listen(128)
+    return listener
 
 
 __all__ = ["LaptopBridge", "relay_command"]

@@ -37,6 +37,34 @@ READY_TIMEOUT = 30.0
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 8.0
 _FORWARDING = re.compile(rb"Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)")
+_LISTENER = re.compile(rb"\0dapfab-listener ([0-9]*)\n")
+
+# Shell for the VM: `listener PORT` prints the inode of the socket listening on
+# 127.0.0.1:PORT, read from /proc/net/tcp (which every PID namespace of the VM shares); with
+# `held_here` it must also be held by a process of this PID namespace, i.e. by this launcher's
+# own kubectl. Relays compare it before and after connecting, so a connection is carried only
+# to the kubectl a forward started, never to another VM user's process on the same port.
+LISTENER_SH = r"""
+held_here() {
+  local fd
+  for fd in /proc/[0-9]*/fd/*; do
+    [ "$(readlink "$fd" 2>/dev/null)" = "socket:[$1]" ] && return 0
+  done
+  return 1
+}
+listener() {
+  local want1 want2 local st inode
+  printf -v want1 '0100007F:%04X' "$1"
+  printf -v want2 '7F000001:%04X' "$1"
+  while read -r _ local _ st _ _ _ _ _ inode _; do
+    [ "$st" = 0A ] && { [ "$local" = "$want1" ] || [ "$local" = "$want2" ]; } || continue
+    [ -z "$2" ] || held_here "$inode" || continue
+    printf %s "$inode"
+    return 0
+  done </proc/net/tcp
+  return 1
+}
+""".strip()
 _TARGET = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*(/[A-Za-z0-9][A-Za-z0-9.:-]*)?")
 
 EventSink = Callable[[str], None]
@@ -63,6 +91,34 @@ def forward_command(
     """The shell code for ``kubectl port-forward`` in the VM, listening on 127.0.0.1 only."""
     args = ["port-forward", "--address", "127.0.0.1", target, f"{local_port}:{remote_port}"]
     return kubectl_command(args, namespace=namespace, context=context)
+
+
+def reporting_forward_command(
+    target: str,
+    remote_port: int,
+    *,
+    local_port: int = 0,
+    namespace: str | None = None,
+    context: str | None = None,
+) -> str:
+    """:func:`forward_command` whose output passes through a reader that, after kubectl's
+    ``Forwarding from`` line, prints ``\\0dapfab-listener <inode>`` (:data:`LISTENER_SH`).
+    The exit code is kubectl's."""
+    command = forward_command(
+        target, remote_port, local_port=local_port, namespace=namespace, context=context
+    )
+    return (
+        LISTENER_SH
+        + "\nset -o pipefail\n"
+        + command
+        + " | while IFS= read -r line; do\n"
+        "  printf '%s\\n' \"$line\"\n"
+        "  case $line in 'Forwarding from 127.0.0.1:'*)\n"
+        "    port=${line#'Forwarding from 127.0.0.1:'}; port=${port%% *}\n"
+        "    printf '\\0dapfab-listener %s\\n' \"$(listener \"$port\" here)\" ;;\n"
+        "  esac\n"
+        "done\n"
+    )
 
 
 # What `--dry` shows for a forward: run by hand on the management host, nothing tells the
@@ -111,6 +167,7 @@ class _Attempt:
         self.stderr = bytearray()
         self.ready = threading.Event()
         self.port: int | None = None
+        self.listener: int | None = None  # kubectl's listening socket (inode), once reported
         self.process: RemoteProcess = RemoteProcess(
             config, command, on_stdout=self._out, on_stderr=self._err, in_stream=None
         )
@@ -120,8 +177,10 @@ class _Attempt:
             return
         self.stdout += data
         port = parse_forwarding(bytes(self.stdout))
-        if port is not None:
+        report = _LISTENER.search(self.stdout)
+        if port is not None and report is not None:
             self.port = port
+            self.listener = int(report.group(1)) if report.group(1) else None
             self.ready.set()
 
     def _err(self, data: bytes) -> None:
@@ -192,7 +251,7 @@ class Forward:
 
     # -- starting ------------------------------------------------------------------------
     def _command(self, port: int) -> str:
-        return forward_command(
+        return reporting_forward_command(
             self.target,
             self.remote_port,
             local_port=port,
@@ -225,6 +284,13 @@ class Forward:
                         hop="kubectl",
                         hint="check that the pod is running: inv k8s.kubectl -- get pods",
                     )
+            if attempt.listener is None:
+                raise CommandError(
+                    f"kubectl port-forward {self.target} is forwarding, but its listening "
+                    f"socket on runner port {attempt.port} was not found",
+                    hop="kubectl",
+                    hint="the VM needs bash, coreutils and a readable /proc",
+                )
         except BaseException:
             self._stop_attempt(attempt)
             raise
@@ -288,6 +354,14 @@ class Forward:
                     f"{self.target}:{self.remote_port} (restart {self.restarts})"
                 )
                 break
+
+    @property
+    def listener(self) -> int | None:
+        """The inode of the running kubectl's listening socket; None while it is down."""
+        attempt = self._attempt
+        if attempt is None or attempt.ended() or self.closed.is_set():
+            return None
+        return attempt.listener
 
     @property
     def alive(self) -> bool:

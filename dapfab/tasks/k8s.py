@@ -242,11 +242,12 @@ def forward(
             )
             if bridge is not None:
                 assert fwd.runner_port is not None
-                bridge.start(fwd.runner_port)
-                display.line(
-                    f"Forwarding from 127.0.0.1:{bridge.laptop_port} -> {target}:{remote_port} "
-                    "(laptop)"
-                )
+                bridge.start(fwd.runner_port, listener=lambda: fwd.listener)
+                for address in bridge.addresses:
+                    display.line(
+                        f"Forwarding from {address}:{bridge.laptop_port} -> "
+                        f"{target}:{remote_port} (laptop)"
+                    )
             while True:
                 time.sleep(0.5)
                 if display.live:

@@ -15,8 +15,10 @@ the channel's stdin, framed, and so does the user's stdin data:
 
 BOOT is PID 1 of a fresh PID namespace. It prints :data:`STARTED` on stdout (so the laptop
 can tell "the runner hop worked" from the command's own exit code), then runs the code with
-``bash -lc`` (code over :data:`INLINE_MAX` characters is sourced from a here-string by
-``bash -lc``, past the kernel's 128 KiB cap on one argument) and feeds it the data frames. When no frame arrives for
+``bash -lc`` (code over :data:`INLINE_MAX` characters is sourced by ``bash -lc`` from a
+pipe, past the kernel's 128 KiB cap on one argument; never a here-string, which bash 5.2
+writes to a temp file past 64 KiB) and feeds it the data frames. The command does not
+inherit the frame stream (fd 3). When no frame arrives for
 :data:`HEARTBEAT_TIMEOUT` seconds (frozen laptop, dropped link), when stdin ends (channel
 closed) or on ``q``, every process in the namespace is killed. ``--kill-child`` ties the
 namespace to ``unshare``: when the exec server SIGKILLs the top process, the tree goes too.
@@ -72,9 +74,9 @@ feed() {
 }
 printf '\0dapfab-started\n'
 if [ ${#cmd} -lt __INLINE__ ]; then
-  bash -lc "$cmd" < <(feed) &
+  bash -lc "$cmd" < <(feed) 3<&- &
 else
-  bash -lc ". /dev/fd/4" 4<<<"$cmd" < <(feed) &
+  bash -lc ". /dev/fd/4" 4< <(printf %s "$cmd") < <(feed) 3<&- &
 fi
 wait $! 2>/dev/null
 """.replace("__TIMEOUT__", str(HEARTBEAT_TIMEOUT)).replace("__INLINE__", str(INLINE_MAX)).strip()
@@ -88,9 +90,9 @@ exec 3<&0 </dev/null
 run() {
   printf '\0dapfab-begin %s\n' "$2"
   if [ ${#1} -lt __INLINE__ ]; then
-    unshare --pid --mount-proc --fork --kill-child -- bash -c "exec 5<&0; bash -lc \"\$1\" <&5 5<&- & wait \$!" dapfab "$1"
+    unshare --pid --mount-proc --fork --kill-child -- bash -c "exec 5<&0; bash -lc \"\$1\" <&5 5<&- & wait \$!" dapfab "$1" 3<&-
   else
-    unshare --pid --mount-proc --fork --kill-child -- bash -c "exec 5<&0; bash -lc \". /dev/fd/4\" <&5 5<&- & wait \$!" dapfab 4<<<"$1"
+    unshare --pid --mount-proc --fork --kill-child -- bash -c "exec 5<&0; bash -lc \". /dev/fd/4\" <&5 5<&- & wait \$!" dapfab 4< <(printf %s "$1") 3<&-
   fi
   printf '\0dapfab-end %s %d\n' "$2" $?
   printf '\0dapfab-end %s\n' "$2" >&2

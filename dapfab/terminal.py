@@ -1,19 +1,22 @@
 """Interactive commands (``exec -it``, ``edit``, ``attach``): a pty end to end, window size included.
 
-A pty would mangle the launcher's framed stdin, so the command is first staged in a 0600
-file in the VM through the ordinary launcher, and the pty session runs only
-``bash -c UNSTAGE dapfab FILE`` (which reads and removes FILE, then runs it with
-``bash -lc``): the management host's process list shows the file name, never the command. The pty hangs up the remote
-side when the channel closes; for a laptop that freezes or a link that drops silently (no
-hangup), a companion command on the ordinary launcher (bounded by dapfab's heartbeat) keeps a
-guard file fresh, and a watcher in the pty session kills the session once the guard is
-:data:`GUARD_STALE` seconds old.
+A pty would mangle the launcher's framed stdin, so the command is first staged through the
+ordinary launcher in a private directory in the VM (``mktemp -d``: a fresh 0700 directory,
+so no other VM user can plant, read or redirect anything inside it), and the pty session
+runs only ``bash -c UNSTAGE dapfab DIR`` (which reads and removes DIR/cmd, then runs it with
+``bash -lc``): the management host's process list shows the directory name, never the
+command. The pty hangs up the remote side when the channel closes; for a laptop that freezes
+or a link that drops silently (no hangup), a companion command on the ordinary launcher
+(bounded by dapfab's heartbeat) keeps DIR/alive fresh, and a watcher in the pty session kills
+the session once it is :data:`GUARD_STALE` seconds old. The watcher outlives the session
+(even a SIGKILLed one) and removes DIR; the laptop removes it too once the session is over.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import select
 import shutil
 import signal
@@ -36,24 +39,23 @@ GLOBAL_VALUE_FLAGS = {
     "--token", "--as", "--as-group", "--cache-dir", "--certificate-authority", "-v", "--v",
     "--request-timeout", "--tls-server-name", "--client-certificate", "--client-key",
 }
-STAGE = (
-    'umask 077; f=$(mktemp /tmp/dapfab-cmd.XXXXXX) && cat >"$f" && touch "$f.alive" && printf %s "$f"'
-)
+STAGE = 'umask 077; d=$(mktemp -d -t dapfab.XXXXXXXXXX) && cat >"$d/cmd" && : >"$d/alive" && printf %s "$d"'
 # How stale the guard file may get before the pty session is killed, in seconds.
 GUARD_STALE = 5
+_STAGED = re.compile(r"/[^\0\n]*/dapfab\.[A-Za-z0-9]{10}")
 # The pty session: the command in a PID namespace of its own, and a watcher that kills it
-# when the guard file (FILE.alive, touched every second by a heartbeat-bound companion
-# command) goes stale; the watcher removes the guard when the session ends.
+# when DIR/alive (touched every second by a heartbeat-bound companion command) goes stale;
+# the watcher removes DIR when the session ends.
 UNSTAGE = (
-    'c=$(cat "$1"); rm -f "$1"; g=$1.alive; me=$$\n'
+    'd=$1; c=$(cat "$d/cmd"); rm -f "$d/cmd"; me=$$\n'
     "(trap '' HUP; while sleep 1; do kill -0 $me 2>/dev/null || break; "
-    't=$(stat -c %Y "$g" 2>/dev/null) || t=0; printf -v now "%(%s)T" -1; '
+    't=$(stat -c %Y "$d/alive" 2>/dev/null) || t=0; printf -v now "%(%s)T" -1; '
     f"[ $((now - t)) -le {GUARD_STALE} ] || {{ kill -KILL $me; break; }}; "
-    'done; rm -f "$g") </dev/null >/dev/null 2>&1 &\n'
+    'done; rm -rf "$d") </dev/null >/dev/null 2>&1 &\n'
     'exec unshare --pid --mount-proc --fork --kill-child -- bash -lc "$c"'
 )
-# The companion: keeps the guard fresh while dapfab's heartbeat keeps it alive.
-KEEP_GUARD = 'while touch -c -- "$0" && [ -e "$0" ]; do sleep 1; done'
+# The companion: keeps DIR/alive fresh while dapfab's heartbeat keeps it alive.
+KEEP_GUARD = 'while touch -c -- "$0/alive" && [ -e "$0/alive" ]; do sleep 1; done'
 
 
 def wants_pty(args: Sequence[str]) -> bool:
@@ -97,19 +99,24 @@ def on_terminal() -> bool:
 def run_with_pty(config: RunnerConfig, command: str, *, warn: bool = False) -> Result:
     """Run ``command`` in the VM on a pty wired to this process's terminal."""
     from dapfab.connection import POOL
-    from dapfab.errors import CommandError
+    from dapfab.errors import CommandError, RunnerError
     from dapfab.execution import RemoteProcess, Result, run_in_runner
 
     staged = run_in_runner(
         config, STAGE, hide=True, in_stream=io.BytesIO(command.encode("utf-8", "surrogateescape"))
     ).stdout.strip()
+    if not _STAGED.fullmatch(staged):
+        raise RunnerError(
+            f"could not stage the command in VM {config.vm_name} (mktemp said {staged[:80]!r})",
+            hint="the VM needs coreutils and a writable temp directory",
+        )
     words = [config.incus] + (["--project", config.project] if config.project else [])
     words += ["exec", config.vm_name, "-t", "--", "bash", "-c", UNSTAGE, "dapfab", staged]
     size = shutil.get_terminal_size()
-    guard_file = join([staged + ".alive"])
+    private = join([staged])
     guard = RemoteProcess(
         config,
-        f"exec bash -c {join([KEEP_GUARD])} {guard_file}",
+        f"exec bash -c {join([KEEP_GUARD])} {private}",
         on_stdout=lambda _: None,
         on_stderr=lambda _: None,
     )
@@ -117,8 +124,8 @@ def run_with_pty(config: RunnerConfig, command: str, *, warn: bool = False) -> R
         channel.get_pty(term=os.environ.get("TERM", "xterm"), width=size.columns, height=size.lines)
         channel.exec_command(join(words))
         code = _pump(channel)
-    # The session's watcher removes the guard too, unless something killed it first.
-    run_in_runner(config, f"rm -f {guard_file}", hide=True, in_stream=False, warn=True)
+    # The session's watcher removes the directory too, unless something killed it first.
+    run_in_runner(config, f"rm -rf {private}", hide=True, in_stream=False, warn=True)
     result = Result(command, code)
     if code != 0 and not warn:
         raise CommandError(f"command exited with {code}", exit_code=code, result=result)

@@ -47,6 +47,7 @@ CLUSTER_PORT = 6443
 # pyenv in it) is private, and its start-up is on the benchmark path.
 HOST_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 CLUSTER_TIMEOUT = 30.0
+TEMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # the runner's own, as in a real VM
 BACKENDS = {
     "netns": "dapfab.testing.lab:NetnsRunner",
     "lxd": "dapfab.testing.lxd:LxdRunner",
@@ -874,7 +875,10 @@ class NetnsRunner(RunnerBackend):
             ready.unlink()
         init_file = self.dir / "init.py"
         init_file.write_text(RUNNER_INIT)
-        script = (f'mount --bind "{self.home}" /root && echo "{self.vm_name}" > /proc/sys/kernel/hostname'
+        # A VM's own temp directories, not the machine's: what dapfab leaves there is seen.
+        temp = " && ".join(f"mount -t tmpfs -o mode=1777,size=256m tmpfs {d}" for d in TEMP_DIRS)
+        script = (f'mount --bind "{self.home}" /root && {temp}'
+                  f' && echo "{self.vm_name}" > /proc/sys/kernel/hostname'
                   f' && {SYSCTLS} && : > "{ready}" && exec "$0" -I "$1" "{self.vm_name}"')
         proc = lab._spawn(["ip", "netns", "exec", lab.netns("runner"), "unshare", "--pid", "--fork",
                            "--mount-proc", "--uts", "--", "/bin/sh", "-c", script, HOST_PYTHON,

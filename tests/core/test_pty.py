@@ -58,9 +58,9 @@ def test_the_staged_command_file_is_gone_afterwards(lab, runner_config):
 
     test_pty_command_sees_a_terminal_of_the_laptop_size(lab)
     # The command file goes at once, its guard file when the session ends.
-    wait_until(lambda: run_in_runner(runner_config, "ls /tmp | grep -c '^dapfab-cmd' || true",
+    wait_until(lambda: run_in_runner(runner_config, "ls -d /tmp/dapfab.* 2>/dev/null | wc -l",
                                      hide=True).stdout.strip() == "0",
-               timeout=5, what="no dapfab-cmd file left in the VM's /tmp")
+               timeout=5, what="no private dapfab directory left in the VM's /tmp")
 
 
 FROZEN = """

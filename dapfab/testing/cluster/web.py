@@ -11,7 +11,8 @@ HTTP on 8080 (any method, keep-alive, Content-Length or chunked request bodies):
 - ``/binary``     ``BINARY_BODY``: bytes that are not valid UTF-8
 - ``/cookies``    200 with two ``Set-Cookie`` headers (``a=1``, ``b=2``)
 - anything else   echoes the request as JSON: method, path, query, headers (lower-cased
-  names), raw_headers (the header lines exactly as received), body (UTF-8, invalid bytes replaced), body_base64, pod, generation
+  names), raw_headers (the header lines exactly as received), body; a request header
+  ``X-Reflect: V`` comes back as the response header ``X-Reflected: V`` (UTF-8, invalid bytes replaced), body_base64, pod, generation
 
 TCP: 9000 echoes everything back; 9001 discards everything (answers nothing); 9002 reads
 one line with a decimal N and sends N pattern bytes, then closes.
@@ -210,7 +211,8 @@ class WebPod:
                 "body_base64": base64.b64encode(body).decode(), "pod": self.name,
                 "generation": self.generation,
             }
-            await respond(200, json.dumps(echo, indent=1).encode() + b"\n")
+            reflect = f"X-Reflected: {hmap['x-reflect']}\r\n" if "x-reflect" in hmap else ""
+            await respond(200, json.dumps(echo, indent=1).encode() + b"\n", extra=reflect)
         return keep
 
 

@@ -304,7 +304,7 @@ class Link:
         """Connect every hop, gateway first, checking host keys; raise DapError on failure."""
         from fabric import Connection
 
-        from dapfab.hostkeys import enforce, hash_known_hosts_wanted
+        from dapfab.hostkeys import enforce, hash_known_hosts_wanted, known_hosts_name
 
         config = self.config
         timeout = float(config.connect_timeout)
@@ -345,6 +345,7 @@ class Link:
             enforce(
                 hop.client,
                 label=f"{label} {hop.host}",
+                name=known_hosts_name(hop.host, int(hop.port)),
                 known_hosts=config.known_hosts,
                 policy=config.host_key_policy,
                 hashed=hash_known_hosts_wanted(hop.ssh_config),

@@ -244,3 +244,84 @@ def test_proxyjump_accept_new_hashes_when_ssh_config_says_so(cli, lab, both, tmp
     assert len(lines) == 2 and all(line.startswith("|1|") for line in lines)
     for host, address in both.items():
         assert host_pub(lab, host).split()[1] in found_by_ssh_keygen(path, address)
+
+
+# -- @revoked and @cert-authority, matched as OpenSSH matches them ---------------------------
+def openssh_accepts(lab, tmp_path: Path, path: Path) -> bool:
+    """Whether OpenSSH's own client connects to mgmt (through bastion) with ``path``."""
+    config = tmp_path / "ssh_config"
+    config.write_text(Path(lab.ssh_config).read_text().replace(lab.known_hosts, str(path)))
+    done = subprocess.run(["ssh", "-F", str(config), "mgmt", "true"], capture_output=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+    return done.returncode == 0
+
+
+def hashed(name: str) -> str:
+    import base64
+    import hashlib
+    import hmac
+
+    salt = b"0123456789abcdefghij"
+    mac = hmac.new(salt, name.encode(), hashlib.sha1).digest()
+    return f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(mac).decode()}"
+
+
+@pytest.mark.parametrize(
+    "pattern,revoked",
+    [
+        ("*", True),
+        ("198.18.*", True),
+        ("nothere.example,{mgmt}", True),
+        ("!{mgmt},*", False),  # a matching negation excludes the host outright
+        ("*,!{mgmt}", False),
+        ("198.18.?.*", False),  # ? is one character
+        ("[{mgmt}]:2222", False),  # another port's entry
+        ("{hashed}", True),
+        ("other.example", False),
+    ],
+)
+def test_a_revoked_mgmt_key_is_refused_as_openssh_refuses_it(
+    cli, lab, tmp_path, both, plugins, pattern, revoked
+):
+    pattern = pattern.format(mgmt=both["mgmt"], hashed=hashed(both["mgmt"]))
+    path = known_hosts(tmp_path, {both[h]: host_pub(lab, h) for h in both},
+                       extra=f"@revoked {pattern} {host_pub(lab, 'mgmt')}\n")
+    assert openssh_accepts(lab, tmp_path, path) is not revoked  # OpenSSH is the judge
+    done = cli("k8s.kubectl", "--", "dump-argv", "ok", env={"DAP_SSH_KNOWN_HOSTS": str(path)})
+    if not revoked:
+        assert (done.returncode, done.stdout) == (0, b"ok\0"), done.err
+        return
+    assert done.returncode == 255
+    line = done.err.strip()
+    assert len(line.splitlines()) == 1
+    assert line.startswith(
+        f"dapfab: ssh management host {both['mgmt']}: host key of {both['mgmt']} is REVOKED"
+    )
+
+
+@pytest.mark.parametrize("hop", ["bastion", "mgmt"])
+def test_a_revoked_key_is_never_appended_under_accept_new(cli, lab, tmp_path, both, hop):
+    keys = {h: host_pub(lab, h) for h in both if h != hop}
+    path = known_hosts(tmp_path, {both[h]: k for h, k in keys.items()},
+                       extra=f"@revoked * {host_pub(lab, hop)}\n")
+    before = path.read_bytes()
+    done = cli("k8s.kubectl", "--", "version",
+               env={"DAP_SSH_KNOWN_HOSTS": str(path), "DAP_SSH_HOST_KEY_POLICY": "accept-new"})
+    assert done.returncode == 255
+    label = "gateway" if hop == "bastion" else "management host"
+    assert done.err.startswith(f"dapfab: ssh {label} {both[hop]}: host key of {both[hop]} is REVOKED")
+    assert path.read_bytes() == before
+
+
+def test_a_host_under_cert_authority_is_refused_also_under_accept_new(cli, lab, tmp_path, both):
+    path = known_hosts(tmp_path, {both["bastion"]: host_pub(lab, "bastion")},
+                       extra=f"@cert-authority 198.18.* {other_key(tmp_path)}\n")
+    before = path.read_bytes()
+    done = cli("k8s.kubectl", "--", "version",
+               env={"DAP_SSH_KNOWN_HOSTS": str(path), "DAP_SSH_HOST_KEY_POLICY": "accept-new"})
+    assert done.returncode == 255
+    line = done.err.strip()
+    assert line.startswith(f"dapfab: ssh management host {both['mgmt']}: {both['mgmt']} is covered "
+                           "by an @cert-authority line")
+    assert "host certificates are not supported" in line
+    assert path.read_bytes() == before

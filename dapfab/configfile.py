@@ -3,12 +3,20 @@
 Round-trip YAML (ruamel): every other key and every comment of an existing file stays;
 a different existing value is never overwritten without ``force``; the file is replaced
 atomically (temporary file in the same directory, fsync, rename) and is mode 0600.
+
+On a shared machine the target may have been prepared by someone else: a path that is, or
+resolves through, a symlink owned by another user (root's links are trusted), or a file owned
+by another user, is refused. A user's own symlink (a dotfile manager's ``~/.invoke.yaml``)
+is followed and the file it points to is written. Once checked, the directory is opened link
+by link with ``O_NOFOLLOW`` and the file is read and replaced relative to it, so a link
+planted after the check is never followed.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -39,21 +47,15 @@ def _yaml() -> Any:
     return yaml
 
 
-def _load(path: Path) -> tuple[str, Any, Any]:
-    """``(text, document, yaml)`` for ``path``; ``document`` is None if missing or comments only."""
+def _parse(path: Path, text: str) -> tuple[Any, Any]:
+    """``(document, yaml)`` for the text of ``path``; ``document`` is None if empty or
+    comments only."""
     from ruamel.yaml.error import YAMLError
     from ruamel.yaml.util import load_yaml_guess_indent
 
     yaml = _yaml()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return "", None, yaml
-    except (OSError, UnicodeDecodeError) as error:
-        reason = getattr(error, "strerror", None) or str(error)
-        raise ConfigError(
-            f"cannot read {path}: {reason}", hint="check the path and its permissions"
-        ) from None
+    if not text:
+        return None, yaml
     try:
         _, indent, block_seq_indent = load_yaml_guess_indent(text)
         document = yaml.load(text)
@@ -67,7 +69,7 @@ def _load(path: Path) -> tuple[str, Any, Any]:
     indent = indent or 2
     offset = block_seq_indent or 0
     yaml.indent(mapping=indent, sequence=indent + offset, offset=offset)
-    return text, document, yaml
+    return document, yaml
 
 
 def write_dap_section(
@@ -77,12 +79,27 @@ def write_dap_section(
 
     Keys whose value is ``None`` are skipped. A key that already holds a different value
     raises ConfigError (exit 2, file untouched) unless ``force``. Creates a missing file.
+    Refuses another user's file or symlink on the way (see the module docs).
     """
+    target = own_target(Path(os.path.expanduser(os.fspath(path))))
+    flat = {key: value for key, value in _flatten(values).items() if value is not None}
+    directory = _open_directory(target.parent)
+    try:
+        text_before = _read_at(directory, target)
+        document, yaml = _parse(target, text_before)
+        body = _updated(target, text_before, document, yaml, flat, force=force)
+        _replace_at(directory, target, body)
+    finally:
+        os.close(directory)
+    return target
+
+
+def _updated(
+    target: Path, text_before: str, document: Any, yaml: Any, flat: dict[str, Any], *, force: bool
+) -> str:
+    """The new text of ``target`` with ``flat`` set in its ``dap`` section."""
     from ruamel.yaml.comments import CommentedMap
 
-    target = Path(os.path.realpath(os.path.expanduser(os.fspath(path))))
-    flat = {key: value for key, value in _flatten(values).items() if value is not None}
-    text_before, document, yaml = _load(target)
     # A missing, empty or comments-only file: start a mapping, keep those comments in front.
     preamble = text_before.rstrip("\n") + "\n" if document is None and text_before.strip() else ""
     if document is None:
@@ -119,9 +136,7 @@ def write_dap_section(
             f"{target} already sets dap.{dotted} to {str(old)!r}, not {str(new)!r}{more}",
             hint="pass --force to overwrite it, or edit the file",
         )
-
-    _write_atomically(target, preamble + _dump(yaml, document))
-    return target
+    return preamble + _dump(yaml, document)
 
 
 def _dump(yaml: Any, document: Any) -> str:
@@ -132,29 +147,112 @@ def _dump(yaml: Any, document: Any) -> str:
     return stream.getvalue()
 
 
-def _write_atomically(target: Path, body: str) -> None:
-    """Write ``body`` to ``target`` via a 0600 temporary file in its directory and rename."""
-    directory = target.parent
+def own_target(path: Path) -> Path:
+    """The real path of ``path``, resolved one link at a time; ConfigError (exit 2) for a
+    link owned by someone other than this user or root, or a file owned by another user."""
+    uid = os.geteuid()
+    resolved, pending, links = Path("/"), list(Path(os.path.abspath(path)).parts[1:]), 0
+    while pending:
+        candidate = resolved / pending.pop(0)
+        try:
+            info = os.lstat(candidate)
+        except FileNotFoundError:
+            return _joined(candidate, pending)
+        except OSError as error:
+            raise ConfigError(f"cannot use {path}: {error.strerror}", hint="use --path") from None
+        if not stat.S_ISLNK(info.st_mode):
+            resolved = candidate
+            continue
+        if info.st_uid not in (uid, 0):
+            raise ConfigError(
+                f"refusing {path}: {candidate} is a symlink owned by another user "
+                f"(uid {info.st_uid})",
+                hint="remove that link, or write elsewhere with --path",
+            )
+        links += 1
+        if links > 40:
+            raise ConfigError(f"refusing {path}: too many symlinks", hint="use --path")
+        link = Path(os.readlink(candidate))
+        pending = list(link.parts[1:] if link.is_absolute() else link.parts) + pending
+        resolved = Path("/") if link.is_absolute() else resolved
+    _check_owner(path, resolved, os.lstat(resolved))
+    return resolved
+
+
+def _joined(head: Path, rest: list[str]) -> Path:
+    return head.joinpath(*rest) if rest else head
+
+
+def _check_owner(path: Path, target: Path, info: os.stat_result) -> None:
+    if info.st_uid != os.geteuid():
+        raise ConfigError(
+            f"refusing {path}: {target} belongs to another user (uid {info.st_uid})",
+            hint="write your own file with --path, or --user",
+        )
+
+
+def _open_directory(directory: Path) -> int:
+    """A descriptor of ``directory`` (created if missing), opened component by component
+    without following any symlink."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(
-            prefix=f".{target.name}.", suffix=".tmp", dir=directory
+        fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+        for part in directory.parts[1:]:
+            try:
+                next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            finally:
+                os.close(fd)
+            fd = next_fd
+        return fd
+    except OSError as error:
+        raise ConfigError(
+            f"cannot write in {directory}: {error.strerror} (a symlink there is refused)",
+            hint="check the directory, or write elsewhere with --path",
+        ) from None
+
+
+def _read_at(directory: int, target: Path) -> str:
+    """The text of ``target`` in ``directory`` ("" if missing), never through a symlink."""
+    try:
+        fd = os.open(target.name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=directory)
+    except FileNotFoundError:
+        return ""
+    except OSError as error:
+        raise ConfigError(
+            f"cannot read {target}: {error.strerror}", hint="check the path and its permissions"
+        ) from None
+    with os.fdopen(fd, "rb") as stream:
+        _check_owner(target, target, os.fstat(stream.fileno()))
+        data = stream.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"cannot read {target}: {error}", hint="fix the file or use --path") from None
+
+
+def _replace_at(directory: int, target: Path, body: str) -> None:
+    """Write ``body`` to a new 0600 file in ``directory``, fsync it and rename it over
+    ``target``'s name: whatever was there (a file, a planted link) is replaced, not followed."""
+    temporary = f".{target.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        fd = os.open(
+            temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=directory
         )
     except OSError as error:
         raise ConfigError(
-            f"cannot write in {directory}: {error.strerror}",
+            f"cannot write in {target.parent}: {error.strerror}",
             hint="check the directory's permissions",
         ) from None
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+        with os.fdopen(fd, "w", encoding="utf-8") as stream:
             os.fchmod(stream.fileno(), 0o600)
             stream.write(body)
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(temporary, target)
+        os.replace(temporary, target.name, src_dir_fd=directory, dst_dir_fd=directory)
     except BaseException as error:
         try:
-            os.unlink(temporary)
+            os.unlink(temporary, dir_fd=directory)
         except FileNotFoundError:
             pass
         if isinstance(error, OSError):
@@ -163,15 +261,9 @@ def _write_atomically(target: Path, body: str) -> None:
             ) from None
         raise
     try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
+        os.fsync(directory)
     except OSError:
         pass
-    finally:
-        os.close(fd)
 
 
 def export_lines(values: Mapping[str, Any]) -> list[str]:

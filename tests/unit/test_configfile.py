@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
 
 import pytest
 from invoke.util import yaml  # the parser Invoke itself reads invoke.yaml with
@@ -164,3 +165,83 @@ def test_export_lines_are_shell_safe(tmp_path):
         ["bash", "--norc", "-c", script], capture_output=True, text=True, check=True
     )
     assert done.stdout == "/keys/it's mine|v"
+
+
+# -- another user's links and files (trust, round 2): run as root, `nobody` owns them -------
+NOBODY = 65534
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+
+
+@pytest.fixture
+def root_only(tmp_path):
+    """A file only root may touch, which an attacker would like config.init to rewrite."""
+    secret_dir = tmp_path / "root-only"
+    secret_dir.mkdir(mode=0o700)
+    target = secret_dir / "shadow"
+    target.write_text("root's data\n")
+    target.chmod(0o400)
+    return target
+
+
+@needs_root
+def test_a_symlink_planted_by_another_user_is_refused_and_its_target_untouched(tmp_path, root_only):
+    link = tmp_path / "invoke.yaml"
+    link.symlink_to(root_only)
+    os.lchown(link, NOBODY, NOBODY)
+    with pytest.raises(ConfigError) as caught:
+        write_dap_section(link, {"runner": {"vm": "v"}})
+    assert caught.value.exit_code == 2
+    assert "is a symlink owned by another user (uid 65534)" in str(caught.value)
+    assert root_only.read_text() == "root's data\n" and mode(root_only) == 0o400
+
+
+@needs_root
+def test_a_directory_link_of_another_user_on_the_way_is_refused(tmp_path, root_only):
+    hop = tmp_path / "project"
+    hop.symlink_to(root_only.parent)
+    os.lchown(hop, NOBODY, NOBODY)
+    with pytest.raises(ConfigError, match="symlink owned by another user"):
+        write_dap_section(hop / "shadow", {"runner": {"vm": "v"}})
+    assert root_only.read_text() == "root's data\n"
+
+
+@needs_root
+def test_a_file_owned_by_another_user_is_not_replaced(tmp_path):
+    theirs = tmp_path / "invoke.yaml"
+    theirs.write_text("run: {echo: true}\n")
+    os.chown(theirs, NOBODY, NOBODY)
+    with pytest.raises(ConfigError, match=r"belongs to another user \(uid 65534\)"):
+        write_dap_section(theirs, {"runner": {"vm": "v"}})
+    assert theirs.read_text() == "run: {echo: true}\n" and theirs.stat().st_uid == NOBODY
+
+
+def test_a_link_planted_after_the_check_is_replaced_never_followed(tmp_path, root_only):
+    target = tmp_path / "invoke.yaml"
+    directory = configfile._open_directory(tmp_path)
+    try:
+        target.symlink_to(root_only)  # planted between the check and the write
+        with pytest.raises(ConfigError, match="cannot read"):
+            configfile._read_at(directory, target)
+        configfile._replace_at(directory, target, "dap: {}\n")
+    finally:
+        os.close(directory)
+    assert not target.is_symlink() and target.read_text() == "dap: {}\n"
+    assert root_only.read_text() == "root's data\n" and mode(root_only) == 0o400
+
+
+@needs_root
+def test_config_init_refuses_another_users_link_with_one_line_and_exit_2(tmp_path, root_only):
+    link = tmp_path / "ops.yaml"  # not invoke.yaml: dap would read it as its config
+    link.symlink_to(root_only)
+    os.lchown(link, NOBODY, NOBODY)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", "from dapfab.cli import main; main()", "config.init", "--path",
+         str(link), "--ssh-host", "ops@mgmt"], capture_output=True, text=True, timeout=60,
+        stdin=subprocess.DEVNULL, cwd=elsewhere,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"dapfab: config: refusing {link}: {link} is a symlink")
+    assert len(done.stderr.splitlines()) == 1
+    assert root_only.read_text() == "root's data\n"

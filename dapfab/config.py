@@ -21,14 +21,13 @@ refused (exit 2): a typo such as ``vm_name:`` would otherwise be ignored silentl
 from __future__ import annotations
 
 import copy
-import math
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dapfab.commands import validate_name
+from dapfab.commands import validate_name, validate_seconds
 from dapfab.errors import ConfigError
 
 PLACEHOLDER_HOST = "user@mgmt.example.com"
@@ -138,16 +137,7 @@ def _path(kind: str, value: Any, hint_key: str) -> str:
 
 
 def _timeout(value: Any) -> float:
-    hint = "set dap.ssh.connect_timeout / DAP_SSH_CONNECT_TIMEOUT to seconds > 0"
-    if isinstance(value, bool):
-        raise ConfigError(f"invalid connect timeout {value!r}", hint=hint)
-    try:
-        seconds = float(value.strip() if isinstance(value, str) else value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"invalid connect timeout {value!r}: not a number", hint=hint) from None
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ConfigError(f"invalid connect timeout {value!r}: must be > 0", hint=hint)
-    return seconds
+    return validate_seconds(value, what="dap.ssh.connect_timeout (DAP_SSH_CONNECT_TIMEOUT)")
 
 
 def _optional(value: Any) -> Any:

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from dapfab.commands import validate_url
+from dapfab.commands import validate_seconds, validate_url
 from dapfab.errors import ConfigError, CurlError
 
 if TYPE_CHECKING:
@@ -250,6 +250,7 @@ def runner_curl(
     from dapfab.execution import run_in_runner
 
     url = validate_url(url)
+    timeout = validate_seconds(timeout, what="timeout")
     if not isinstance(method, str) or not _METHOD.fullmatch(method):
         raise ConfigError(f"invalid HTTP method {method!r}", hint="give a method such as GET or POST")
     body = data.encode("utf-8") if isinstance(data, str) else data

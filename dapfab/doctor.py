@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dapfab.errors import DapError, DapTimeout, SSHError
+from dapfab.errors import DapError, DapTimeout, SSHError, shown
 from dapfab.quoting import join, quote
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class Check:
             text += f": {self.detail}"
         if self.ok is False and self.fix:
             text += f" (fix: {self.fix})"
-        return text
+        return shown(text)
 
 
 def passed(name: str, detail: str = "") -> Check:

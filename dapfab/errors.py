@@ -5,6 +5,7 @@ Rendered to one line only at the CLI edge (:func:`render`); the library raises.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -96,6 +97,23 @@ class CurlError(DapError):
     hop = "curl"
 
 
+# Characters a terminal acts on instead of showing: C0/C1 controls and DEL (Unicode Cc), and
+# the bidirectional overrides and isolates that reorder what is shown.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def shown(text: str) -> str:
+    """``text`` safe to put in one of dapfab's own messages: control characters (and bidi
+    overrides) become visible escapes (``\\n``, ``\\x1b``, ``\\u202e``), so remote text cannot
+    drive the terminal or split the line. Command output is never passed through this."""
+    return _UNSAFE.sub(
+        lambda m: _NAMED.get(m.group(), f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                             else f"\\u{ord(m.group()):04x}"),
+        text,
+    )
+
+
 def render(error: DapError) -> str:
-    """The single stderr line the CLI prints for ``error``."""
-    return f"dapfab: {error}"
+    """The single stderr line the CLI prints for ``error``, control characters escaped."""
+    return f"dapfab: {shown(str(error))}"

@@ -626,8 +626,10 @@ def run_in_runner(
     :class:`~dapfab.errors.CommandError` unless ``warn``. ``dry`` prints the reference
     command instead of running it.
     """
-    from dapfab.commands import incus_command
+    from dapfab.commands import incus_command, validate_seconds
 
+    if timeout is not None:
+        timeout = validate_seconds(timeout, what="timeout")
     reference = incus_command(config, command, pty=pty)
     if echo or dry:
         print(reference, file=sys.stdout if dry else sys.stderr, flush=True)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from dapfab.commands import kubectl_command, validate_port
+from dapfab.commands import kubectl_command, validate_port, validate_seconds
 from dapfab.errors import CommandError, ConfigError, DapError, DapTimeout, Interrupted
 
 if TYPE_CHECKING:
@@ -238,7 +238,7 @@ class Forward:
         self.local_port = validate_port(local_port, allow_zero=True, what="runner port")
         self.namespace = namespace
         self.context = context
-        self.ready_timeout = ready_timeout
+        self.ready_timeout = validate_seconds(ready_timeout, what="ready_timeout")
         self.reconnect = reconnect
         self.on_event = on_event or (lambda message: log.info("%s", message))
         self.runner_port: int | None = None

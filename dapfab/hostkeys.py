@@ -43,9 +43,22 @@ def _hashed(name: str) -> str:
     return f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(mac).decode()}"
 
 
+def _make_private_dirs(directory: str) -> None:
+    """Create ``directory`` and any missing parent, each 0700 (not the umask's 0755)."""
+    if os.path.isdir(directory):
+        return
+    _make_private_dirs(os.path.dirname(directory))
+    try:
+        os.mkdir(directory, 0o700)
+        os.chmod(directory, 0o700)  # mkdir's mode is masked by the umask
+    except FileExistsError:
+        pass
+
+
 def append_known_host(path: str, name: str, key: Any, *, hashed: bool = False) -> None:
-    """Append one OpenSSH-format line for ``key`` to ``path`` under an exclusive lock."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    """Append one OpenSSH-format line for ``key`` to ``path`` under an exclusive lock;
+    missing parent directories are made 0700, as OpenSSH makes ``~/.ssh``."""
+    _make_private_dirs(os.path.dirname(os.path.abspath(path)))
     entry = _hashed(name) if hashed else name
     line = f"{entry} {key.get_name()} {key.get_base64()}\n"
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

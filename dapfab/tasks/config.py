@@ -27,7 +27,7 @@ from dapfab.config import (
     resolve,
 )
 from dapfab.configfile import export_lines, write_dap_section
-from dapfab.errors import ConfigError
+from dapfab.errors import ConfigError, shown
 
 # The keys config.init writes: (dotted path under dap, task parameter, prompt).
 INIT_KEYS = (
@@ -207,7 +207,7 @@ def show(c: Context, runner: str | None = None) -> None:
     """Show the effective dap settings and where each one comes from."""
     settings = resolve(c.config, runner=runner)
     for line in show_lines(settings):
-        print(line)
+        print(shown(line))
     config = RunnerConfig.from_settings(settings)
     kubectl_defaults(c.config, runner=runner)
     if config.is_placeholder:

@@ -10,6 +10,7 @@ from invoke import Collection, Context, Exit, task
 
 from dapfab.cli import DapTask, cli_edge, command_line_remainder
 from dapfab.config import DEFAULTS, RunnerConfig, kubectl_defaults
+from dapfab.errors import shown
 
 RUNNER_HELP = "named runner profile (dap.runners.NAME); default: $DAP_RUNNER or dap.runner"
 
@@ -117,7 +118,7 @@ class _ForwardDisplay:
 
         with self.lock:
             self._clear()
-            print(text, flush=True)
+            print(shown(text), flush=True)
             self._draw()
         if not sys.stdout.isatty():
             sys.stdout.flush()
@@ -127,12 +128,12 @@ class _ForwardDisplay:
 
         with self.lock:
             self._clear()
-            print(f"dapfab: forward: {message}", file=sys.stderr, flush=True)
+            print(f"dapfab: forward: {shown(message)}", file=sys.stderr, flush=True)
             self._draw()
 
     def update(self, status: str) -> None:
         with self.lock:
-            self.status = status
+            self.status = shown(status)
             self._draw()
 
     def _clear(self) -> None:

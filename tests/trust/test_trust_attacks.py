@@ -353,3 +353,48 @@ def test_a_vm_user_cannot_redirect_the_pty_sessions_files(lab, symlinks_unprotec
     finally:
         _stop_nobody(lab, planter)
         lab.run("runner", ["sh", "-c", "find /tmp -maxdepth 2 -user nobody -delete; rm -rf " + target])
+
+
+# -- hole 8: remote text cannot drive the terminal through dapfab's own messages ------------
+EVIL_PHASE = "\x1b]0;pwned\x07\x1b[31mPending"
+
+
+def test_terminal_escapes_in_a_pods_status_are_shown_escaped_in_dapfabs_error(lab):
+    import json
+
+    manifest = b"apiVersion: v1\nkind: Pod\nmetadata:\n  name: evil\nspec:\n  containers:\n  - {name: c, image: x}\n"
+    inv = [sys.executable, "-m", "invoke"]
+    run = lambda *args, **kw: subprocess.run([*inv, *args], cwd=REPO, env=cli_env(lab),  # noqa: E731
+                                             capture_output=True, timeout=60, **kw)
+    assert run("k8s.kubectl", "--", "apply", "-f", "-", input=manifest).returncode == 0
+    try:
+        patch = json.dumps({"status": {"phase": EVIL_PHASE}})
+        assert run("k8s.kubectl", "--", "patch", "pod", "evil", "--subresource=status",
+                   "--type=merge", "-p", patch, stdin=subprocess.DEVNULL).returncode == 0
+        done = run("k8s.forward", "pod/evil", "80", stdin=subprocess.DEVNULL)
+        assert done.returncode != 0
+        assert b"\x1b" not in done.stderr and b"\x07" not in done.stderr
+        assert b"status=\\x1b]0;pwned\\x07\\x1b[31mPending" in done.stderr
+        assert len(done.stderr.splitlines()) == 1
+        # command output is the user's data: it passes unchanged
+        out = run("k8s.kubectl", "--", "get", "pod", "evil", "-o", "jsonpath={.status.phase}",
+                  stdin=subprocess.DEVNULL)
+        assert out.stdout == EVIL_PHASE.encode()
+    finally:
+        run("k8s.kubectl", "--", "delete", "pod", "evil", stdin=subprocess.DEVNULL)
+
+
+# -- hole 10: the user's command does not inherit the launcher's frame stream ---------------
+@pytest.mark.parametrize("path", ["helper", "stream"])
+def test_the_users_command_does_not_inherit_the_frame_stream(lab, runner_config, path):
+    from dapfab import run_in_runner
+
+    stdin = False
+    if path == "stream":  # a pipe, as a stream: the one-shot launcher
+        read, write = os.pipe()
+        os.close(write)
+        stdin = os.fdopen(read, "rb")
+    # `; true` keeps the shell from exec'ing ls, whose own directory handle would be fd 3
+    result = run_in_runner(runner_config, "ls /proc/$$/fd; true", hide=True, in_stream=stdin)
+    fds = result.stdout.split()
+    assert {"0", "1", "2"} <= set(fds) and "3" not in fds, fds

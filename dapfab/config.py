@@ -137,7 +137,7 @@ def _path(kind: str, value: Any, hint_key: str) -> str:
 
 
 def _timeout(value: Any) -> float:
-    return validate_seconds(value, what="dap.ssh.connect_timeout (DAP_SSH_CONNECT_TIMEOUT)")
+    return validate_seconds(value, what="connect timeout (dap.ssh.connect_timeout)")
 
 
 def _optional(value: Any) -> Any:

@@ -398,3 +398,41 @@ def test_the_users_command_does_not_inherit_the_frame_stream(lab, runner_config,
     result = run_in_runner(runner_config, "ls /proc/$$/fd; true", hide=True, in_stream=stdin)
     fds = result.stdout.split()
     assert {"0", "1", "2"} <= set(fds) and "3" not in fds, fds
+
+
+# -- hole 5: a token need not be typed on the laptop's command line --------------------------
+CMDLINES = r"""
+import os
+seen = []
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            seen.append(handle.read())
+    except OSError:
+        pass
+print(b"\n".join(seen).hex())
+"""
+
+
+def test_another_laptop_user_cannot_read_a_header_file_token_from_the_process_list(lab, tmp_path):
+    token = "tok-" + os.urandom(8).hex()
+    headers = tmp_path / "headers"
+    headers.write_text(f"Authorization: Bearer {token}\n")
+    headers.chmod(0o600)
+    url = f"http://{lab.cluster_address}:8080/slow/3"
+    laptop = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "k8s.curl", "--header", f"@{headers}", url],
+        cwd=REPO, env=cli_env(lab), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until(lambda: _curl_in_vm(lab), 20, "curl running in the VM")
+        spy = subprocess.run([*NOBODY, "/usr/bin/python3", "-I", "-c", CMDLINES], cwd="/",
+                             capture_output=True, text=True, timeout=30)
+        cmdlines = bytes.fromhex(spy.stdout.strip())
+        assert b"k8s.curl" in cmdlines  # the spy does see the call
+        assert token.encode() not in cmdlines
+        out, _ = laptop.communicate(timeout=60)
+        assert f"Bearer {token}" in out.decode()
+    finally:
+        laptop.kill()
+        laptop.wait(10)

@@ -1,10 +1,16 @@
-"""pytest plugin (entry point ``dapfab_lab``): fixtures for tests that run in the lab.
+"""pytest plugin with fixtures for tests that run in the lab; opt in, as with Fabric's
+``fabric.testing.fixtures``, from a ``conftest.py``::
 
-- ``lab`` (session): brings a :class:`~dapfab.testing.lab.Lab` up once (id from
+    pytest_plugins = ["dapfab.testing.plugin"]
+
+Nothing is loaded into a project that did not ask, and no fixture here touches a fixture
+it did not define.
+
+- ``dapfab_lab`` (session): brings a :class:`~dapfab.testing.lab.Lab` up once (id from
   ``DAPFAB_LAB_ID``, backend from ``DAPFAB_LAB_BACKEND``) and down at the end, also when
   tests fail. With ``DAPFAB_LAB_REUSE=1`` a lab that is already up is used as it is and left up.
-- after every test that used ``lab``, what tests change is restored: links, frozen
-  processes, sshd, the runner's state, the incus client (``lab_reset`` does the same, by name).
+- ``lab``: that lab for one test; afterwards what tests change is restored: links, frozen
+  processes, sshd, the runner's state, the incus client. ``lab_reset`` is the same fixture.
 - ``runner_config``: a ``dapfab.config.RunnerConfig`` for the lab.
 
 Lab tests are skipped only where the lab cannot exist at all: not Linux, or not root.
@@ -34,7 +40,7 @@ def lab_unavailable() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def lab() -> Iterator[Any]:
+def dapfab_lab() -> Iterator[Any]:
     """The lab, up for the whole session."""
     reason = lab_unavailable()
     if reason:
@@ -52,18 +58,18 @@ def lab() -> Iterator[Any]:
             the_lab.down()
 
 
-@pytest.fixture(autouse=True)
-def _lab_restore(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    if "lab" in request.fixturenames:
-        request.getfixturevalue("lab").reset()
+@pytest.fixture
+def lab(dapfab_lab: Any) -> Iterator[Any]:
+    """The session's lab for one test, restored afterwards (links, sshd, runner, incus,
+    frozen processes)."""
+    yield dapfab_lab
+    dapfab_lab.reset()
 
 
 @pytest.fixture
-def lab_reset(lab: Any) -> Iterator[Any]:
-    """The lab, restored after the test (links, sshd, runner, incus, frozen processes)."""
-    yield lab
-    lab.reset()
+def lab_reset(lab: Any) -> Any:
+    """The same as ``lab`` (kept for tests that name the restore)."""
+    return lab
 
 
 @pytest.fixture

@@ -43,12 +43,6 @@ def runner_lab(request: pytest.FixtureRequest) -> Iterator[object]:
         lab.down()
 
 
-@pytest.fixture(autouse=True)
-def _lab_restore() -> Iterator[None]:
-    """The plugin's restore would look for its session lab; ``lab`` below restores."""
-    yield
-
-
 @pytest.fixture
 def lab(runner_lab) -> Iterator[object]:
     """The module's lab, restored after each test."""

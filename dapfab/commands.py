@@ -1,6 +1,6 @@
 """Pure command builders and input validation: no I/O, every word quoted once per shell.
 
-The reference remote form (DESIGN §1), what ``inv --dry`` shows::
+The reference remote form (docs/design.md §1), what ``inv --dry`` shows::
 
     incus [--project P] exec <vm> -T -- bash -lc '<command>'
 
@@ -28,7 +28,7 @@ _PORT = re.compile(r"[0-9]+")
 
 
 def validate_name(kind: str, value: Any, *, allow_remote: bool = False) -> str:
-    """Return ``value`` if it is a valid VM/project/profile name (DESIGN §6), else ConfigError.
+    """Return ``value`` if it is a valid VM/project/profile name (docs/design.md §6), else ConfigError.
 
     ``[A-Za-z0-9][A-Za-z0-9-]*``, at most 63 characters; with ``allow_remote`` an optional
     ``remote:`` prefix (itself a valid name) is accepted.

@@ -1,6 +1,6 @@
 """How to reach a runner: the ``dap`` config tree, its layering, and :class:`RunnerConfig`.
 
-Precedence, lowest first (DESIGN §2)::
+Precedence, lowest first (docs/design.md §2)::
 
     built-in DEFAULTS < /etc/invoke.yaml < ~/.invoke.yaml < project invoke.yaml
       < runtime file (inv -f) < profile dap.runners.NAME.* < DAP_* env vars < task flags

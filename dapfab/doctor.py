@@ -1,7 +1,7 @@
 """``config.doctor``: test every hop to the runner, in order, and say which one fails and how.
 
 Each check is a small function over a :class:`~dapfab.config.RunnerConfig` returning a
-:class:`Check`: OK or FAIL, what it found, the fix, and the exit code of its hop (DESIGN §5):
+:class:`Check`: OK or FAIL, what it found, the fix, and the exit code of its hop (docs/design.md §5):
 
 =====================================================  ====
 config valid; key readable                             2

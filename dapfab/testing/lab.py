@@ -1,4 +1,4 @@
-"""The lab of DESIGN §8: hosts are network namespaces joined by veth pairs.
+"""The lab of docs/design.md §8: hosts are network namespaces joined by veth pairs.
 
 ::
 

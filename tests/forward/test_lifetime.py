@@ -1,4 +1,4 @@
-"""Lifetime (DESIGN §7): no remote kubectl or mgmt exec client outlives what started it.
+"""Lifetime (docs/design.md §7): no remote kubectl or mgmt exec client outlives what started it.
 
 Every case lists the processes in the runner and on mgmt afterwards.
 """

@@ -76,7 +76,7 @@ def test_invalid_namespace_is_refused(cli, nothing_sent, namespace):
 @pytest.mark.parametrize("value", ["-n", "--runner"])
 def test_a_value_that_is_one_of_the_tasks_own_flags_is_invokes_parser_error(cli, nothing_sent, value):
     """Invoke splits ``--flag=VALUE`` and then parses VALUE as a token: when it is one of the
-    task's own flags, Invoke's parser refuses the line itself (exit 1, DESIGN §5)."""
+    task's own flags, Invoke's parser refuses the line itself (exit 1, docs/design.md §5)."""
     done = cli("k8s.kubectl", f"--namespace={value}", "--", "get", "pods")
     assert done.returncode == 1, done.err
     assert "needed value" in done.err

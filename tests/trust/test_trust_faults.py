@@ -1,5 +1,5 @@
 """The fault matrix (issue 6): each fault injected in the lab gives the exit code of
-DESIGN §5, one line naming the hop and the fix, returns within its bound, and leaves
+docs/design.md §5, one line naming the hop and the fix, returns within its bound, and leaves
 nothing running on the management host or in the runner.
 
 Bounds are behavioural deadlines, measured around the whole CLI process (Python and

@@ -1,4 +1,4 @@
-"""RunnerConfig, from_env and the layering of DESIGN §2 over real Invoke Config objects."""
+"""RunnerConfig, from_env and the layering of docs/design.md §2 over real Invoke Config objects."""
 
 from __future__ import annotations
 

@@ -31,6 +31,7 @@ NASTY = [
     "line\nbreak",
     "--leading-dash",
     "-n",
+    "--from-literal=k=$(id) x",
     "tab\there",
     "ünïcødé ✓ 日本",
     "; rm -rf /",

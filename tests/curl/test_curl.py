@@ -284,3 +284,10 @@ def test_a_timeout_that_is_not_a_finite_positive_number_is_refused(lab, timeout)
     done = _inv(lab, f"--timeout={timeout}", _web(lab, "/status/200"))
     assert done.returncode == 2
     assert done.stderr.decode().startswith("dapfab: config: invalid --timeout")
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("status,code", [(399, 0), (400, 22), (401, 22)])
+def test_k8s_curl_fails_from_status_400_on(lab, status, code):
+    done = _inv(lab, _web(lab, f"/status/{status}"))
+    assert (done.returncode, done.stderr) == (code, f"HTTP {status}\n".encode())

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from trust_helpers import PLUGINS, REPO, Done, cli_argv, cli_env, wait_no_leftovers
+from trust_helpers import PLUGINS, REPO, TIMINGS, Done, cli_argv, cli_env, wait_no_leftovers
 
 
 @pytest.fixture
@@ -46,3 +46,11 @@ def clean_lab(lab) -> Iterator:
     left = wait_no_leftovers(lab, 30)
     assert left == {"mgmt": [], "runner": []}, f"an earlier test left {left}"
     yield lab
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """A report, not a test: how long each fault of the matrix took to be answered."""
+    if TIMINGS:
+        terminalreporter.section("dapfab fault matrix: seconds until the one-line answer")
+        for name, seconds in TIMINGS.items():
+            terminalreporter.write_line(f"  {name:45} {seconds:6.2f} s")

@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from trust_helpers import leftovers, sshd_logins, start_cli, wait_no_leftovers
+from trust_helpers import (
+    TIMINGS,
+    UNPRIVILEGED_READS,
+    leftovers,
+    sshd_logins,
+    start_cli,
+    wait_no_leftovers,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -27,7 +34,6 @@ CONNECT_TIMEOUT = 4.0
 CONNECT_BOUND = CONNECT_TIMEOUT + 2.0
 IMMEDIATE = 5.0
 STREAM_DETECT = 30.0
-TIMINGS: dict[str, float] = {}  # fault -> measured seconds, printed at the end (pytest -s)
 
 
 @dataclass
@@ -42,6 +48,7 @@ class Fault:
     argv: tuple[str, ...] = ("k8s.kubectl", "--", "get", "pods")
     remote_sent: bool = True  # False: refused before anything reaches a host
     marks: list = field(default_factory=list)
+    prefix: tuple[str, ...] = ()  # runs the CLI under this (see UNPRIVILEGED_READS)
 
 
 def keygen(path: Path, passphrase: str = "") -> Path:
@@ -86,8 +93,7 @@ def key_wrong(lab, tmp_path):
 
 @contextlib.contextmanager
 def key_unreadable(lab, tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root reads every file; an unreadable key needs an unprivileged run")
+    # run under UNPRIVILEGED_READS (the row's prefix): root would read any file
     key = keygen(tmp_path / "private")
     key.chmod(0)
     yield {"DAP_RUNNER_SSH_KEY": str(key)}
@@ -177,7 +183,7 @@ MATRIX: dict[str, Fault] = {
     "key path is a fifo": Fault(key_fifo, 2, "config", IMMEDIATE, ("not a readable file",),
                                 remote_sent=False),
     "key file unreadable": Fault(key_unreadable, 2, "config", IMMEDIATE, ("not a readable",),
-                                 remote_sent=False),
+                                 remote_sent=False, prefix=UNPRIVILEGED_READS),
     "key encrypted, no agent": Fault(key_encrypted, 2, "config", IMMEDIATE,
                                      ("encrypted", "ssh-agent"), remote_sent=False),
     "wrong key": Fault(key_wrong, 255, GW, IMMEDIATE, ("authentication", "failed")),
@@ -200,9 +206,10 @@ IN_VM: dict[str, tuple[Callable, int, str]] = {
 }
 
 
-def run_cli(lab, argv, env, timeout=120):
+def run_cli(lab, argv, env, timeout=120, prefix=()):
     start = time.monotonic()
-    proc = start_cli(lab, *argv, env={"DAP_SSH_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT), **env})
+    proc = start_cli(lab, *argv, env={"DAP_SSH_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT), **env},
+                     prefix=prefix)
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err.decode("utf-8", "replace"), time.monotonic() - start
 
@@ -216,7 +223,7 @@ def test_fault_gives_its_exit_code_names_the_hop_and_leaves_nothing(lab, clean_l
     fault = MATRIX[name]
     logins = sshd_logins(lab)
     with fault.inject(lab, tmp_path) as env:
-        code, out, err, elapsed = run_cli(lab, fault.argv, env)
+        code, out, err, elapsed = run_cli(lab, fault.argv, env, prefix=fault.prefix)
         TIMINGS[name] = elapsed
         assert code == fault.code, err
         lines = err.strip().splitlines()
@@ -404,9 +411,3 @@ def test_ctrl_c_during_a_forward_cleans_the_remote_side(lab, clean_lab):
             proc.kill()
         proc.wait()
     assert wait_no_leftovers(lab, 10) == {"mgmt": [], "runner": []}
-
-
-def test_zz_print_the_measured_matrix():
-    """Not a check: prints the times measured above (run with -s to see them)."""
-    for name, seconds in TIMINGS.items():
-        print(f"  {name:45} {seconds:6.2f} s")

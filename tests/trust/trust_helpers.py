@@ -12,6 +12,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 
+# Fault -> seconds the CLI took, reported at the end of the run (conftest's terminal summary).
+TIMINGS: dict[str, float] = {}
+
 # Processes that belong to the lab itself, not to a dapfab command.
 LISTENER = "[listener]"
 
@@ -87,9 +90,16 @@ def wait_no_leftovers(lab, timeout: float = 20.0) -> dict[str, list]:
 
 
 def start_cli(lab, *argv: str, env: dict | None = None, drop: tuple[str, ...] = (),
-              **kwargs) -> subprocess.Popen:
-    """Start the CLI in the background (the caller waits for or kills it by its PID)."""
+              prefix: tuple[str, ...] = (), **kwargs) -> subprocess.Popen:
+    """Start the CLI in the background (the caller waits for or kills it by its PID), under
+    ``prefix`` (e.g. :data:`UNPRIVILEGED_READS`) if given."""
     kwargs.setdefault("stdout", subprocess.PIPE)
     kwargs.setdefault("stderr", subprocess.PIPE)
     kwargs.setdefault("stdin", subprocess.DEVNULL)
-    return subprocess.Popen(cli_argv(*argv), cwd=REPO, env=cli_env(lab, env, drop), **kwargs)
+    return subprocess.Popen([*prefix, *cli_argv(*argv)], cwd=REPO, env=cli_env(lab, env, drop),
+                            **kwargs)
+
+
+# Root without the capabilities that let it read any file: an unprivileged reader, with the
+# same Python and packages (a mode-000 key is then really unreadable).
+UNPRIVILEGED_READS = ("setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--")

@@ -36,9 +36,17 @@ def broken(c):
         raise ConfigError("bad VM name 'a;b'", hint="use letters, digits and dashes")
 
 
+@task
+def interrupted(c):
+    with cli_edge():
+        raise KeyboardInterrupt
+
+
 def run(*argv: str) -> int:
     seen.clear()
-    program = Program(namespace=Collection(probe, release, flags, broken), name="t", binary="t")
+    program = Program(
+        namespace=Collection(probe, release, flags, broken, interrupted), name="t", binary="t"
+    )
     try:
         program.run(["t", *argv])
     except SystemExit as exit:
@@ -112,3 +120,21 @@ def test_kubectl_help_says_args_is_for_python_callers_and_arguments_follow_the_d
     text = _dap("-h", "k8s.kubectl").stdout.decode()
     assert "--args" in text and "for Python callers only" in text
     assert "kubectl's arguments go after `--`" in text
+
+
+def test_ctrl_c_inside_a_task_body_exits_130_with_one_line(capsys):
+    assert run("interrupted") == 130
+    assert capsys.readouterr().err == "dapfab: laptop: interrupted by Ctrl-C\n"
+
+
+def test_the_namespace_flag_beats_the_configured_and_environment_namespace():
+    import os
+
+    done = subprocess.run(
+        [sys.executable, "-c", "from dapfab.cli import main; main()", "--dry", "k8s.kubectl",
+         "-n", "from-flag", "--", "get", "pods"],
+        env={**os.environ, "DAP_KUBECTL_NAMESPACE": "from-env"}, capture_output=True, text=True,
+        timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "kubectl --namespace from-flag get pods" in done.stdout and "from-env" not in done.stdout

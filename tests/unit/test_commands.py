@@ -303,6 +303,8 @@ NASTY = [
     "--",
     "--all-namespaces",
     "-n",
+    "--from-literal=k=$(id) x",  # a leading dash must not skip quoting
+    "-o=jsonpath={.items[*].metadata.name}",
     "!",
     "!!",
     "#",

@@ -270,3 +270,9 @@ def test_helper_stdin_is_exact_and_unread_stdin_is_drained(size):
     import hashlib
 
     assert (code, out) == (0, hashlib.sha256(blob).hexdigest().encode() + b"\n")
+
+
+def test_an_unrecognised_incus_error_is_still_the_runner_hop():
+    err = launcher.runner_failure(1, b"Error: something else\n", incus="incus", vm_name="v")
+    assert (err.exit_code, err.hop) == (125, "runner")
+    assert "something else" in str(err)

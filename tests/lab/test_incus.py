@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 from lab_helpers import PYTHON, find, ppid, ssh
@@ -215,15 +214,23 @@ def test_stdin_passes_through_ssh_and_incus_to_its_eof(lab):
     assert (done.returncode, done.stdout) == (0, "one\ntwo\n")
 
 
+def _ssh_sessions(lab) -> set[int]:
+    """PIDs of mgmt's per-connection sshd processes."""
+    return {pid for pid, argv in lab.processes("mgmt") if argv[0].startswith("sshd: root@")}
+
+
 def test_killing_ssh_without_a_pty_leaves_command_and_client_running(lab, marker):
     proc = subprocess.Popen(["ssh", "-F", lab.ssh_config, "mgmt",
                              f"incus exec {lab.vm_name} -- sh -c 'echo ready; sleep 1000; : {marker}'"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         assert proc.stdout.readline() == b"ready\n"
+        sessions = _ssh_sessions(lab)
+        assert sessions, "the connection's sshd session process"
         proc.kill()
         proc.wait()
-        time.sleep(1.5)  # give sshd time to notice the dead connection and close the channel
+        # sshd noticed the dead connection and closed the channel once its session is gone
+        wait_until(lambda: not sessions & _ssh_sessions(lab), 20, "sshd to close the session")
         assert find(lab, "runner", marker), "the remote command should still run"
         clients = exec_clients(lab, marker)
         assert clients, "the incus exec client on mgmt should still run"

@@ -6,16 +6,13 @@
 from __future__ import annotations
 
 import copy
-import functools
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from invoke import Collection, Context, task
 
-from dapfab.cli import cli_edge
 from dapfab.config import (
     DEFAULTS,
     KEYS_BY_PATH,
@@ -28,6 +25,7 @@ from dapfab.config import (
 )
 from dapfab.configfile import export_lines, write_dap_section
 from dapfab.errors import ConfigError, shown
+from dapfab.tasks.edge import reported
 
 # The keys config.init writes: (dotted path under dap, task parameter, prompt).
 INIT_KEYS = (
@@ -36,17 +34,6 @@ INIT_KEYS = (
     ("runner.vm", "vm", "runner VM name (incus instance)"),
     ("runner.gateway", "gateway", "bastion host (user@host[:port]; empty for none)"),
 )
-
-
-def _reported(body: Callable[..., Any]) -> Callable[..., Any]:
-    """Run the task body at the CLI edge: DapErrors become one line and their exit code."""
-
-    @functools.wraps(body)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with cli_edge():
-            return body(*args, **kwargs)
-
-    return wrapper
 
 
 def _config_basename(c: Context) -> str:
@@ -123,7 +110,7 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
         "env": "print `export DAP_...=...` lines for a shell instead of writing a file",
     },
 )
-@_reported
+@reported
 def init(
     c: Context,
     path: str | None = None,
@@ -202,7 +189,7 @@ def show_lines(settings: Settings) -> list[str]:
     auto_shortflags=False,
     help={"runner": "show the settings of this named profile (dap.runners.NAME)"},
 )
-@_reported
+@reported
 def show(c: Context, runner: str | None = None) -> None:
     """Show the effective dap settings and where each one comes from."""
     settings = resolve(c.config, runner=runner)
@@ -222,7 +209,7 @@ def show(c: Context, runner: str | None = None) -> None:
     auto_shortflags=False,
     help={"runner": "check this named profile (dap.runners.NAME) instead of dap.runner"},
 )
-@_reported
+@reported
 def doctor(c: Context, runner: str | None = None) -> None:
     """Test every hop to the runner VM; say which one fails and how to fix it.
 

@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import copy
-import threading
 from typing import Any
 
 from invoke import Collection, Context, Exit, task
 
-from dapfab.cli import DapTask, cli_edge, command_line_remainder
-from dapfab.config import DEFAULTS, RunnerConfig, kubectl_defaults
-from dapfab.errors import shown
-
-RUNNER_HELP = "named runner profile (dap.runners.NAME); default: $DAP_RUNNER or dap.runner"
-
-
-def runner_config(c: Context, runner: str | None) -> RunnerConfig:
-    """The RunnerConfig for this task call: config files, DAP_* env, then ``--runner``."""
-    return RunnerConfig.from_invoke_config(c.config, runner=runner)
-
-
-def run_options(c: Context) -> dict[str, Any]:
-    """Invoke's own ``--dry`` and ``--echo`` flags, as run() options."""
-    run = c.config.get("run", {})
-    return {"dry": bool(run.get("dry")), "echo": bool(run.get("echo"))}
+from dapfab.cli import DapTask, command_line_remainder
+from dapfab.config import DEFAULTS, RunnerConfig
+from dapfab.tasks.edge import (
+    CONTEXT_HELP,
+    NAMESPACE_HELP,
+    RUNNER_HELP,
+    announce,
+    reported,
+    resolve_call,
+    run_options,
+)
 
 
 @task(
@@ -31,13 +25,14 @@ def run_options(c: Context) -> dict[str, Any]:
     auto_shortflags=False,
     iterable=["args"],
     help={
-        "namespace": "kubectl --namespace (default: dap.kubectl.namespace)",
-        "context": "kubectl --context (default: dap.kubectl.context)",
+        "namespace": NAMESPACE_HELP,
+        "context": CONTEXT_HELP,
         "runner": RUNNER_HELP,
         "args": "for Python callers only: kubectl(c, args=[...]); on the command line put "
         "kubectl's arguments after `--`, where they arrive byte for byte",
     },
 )
+@reported
 def kubectl(
     c: Context,
     namespace: str | None = None,
@@ -51,39 +46,35 @@ def kubectl(
     stdout/stderr stream, stdin passes through (`apply -f -`), the exit code is kubectl's;
     on a terminal, `exec -it`, `edit` and `attach` get a pty.
     """
-    from dapfab.commands import validate_context, validate_namespace
     from dapfab.errors import CommandError
     from dapfab.execution import kubectl_in_runner
     from dapfab.terminal import on_terminal, wants_pty
 
-    with cli_edge():
-        words = command_line_remainder(kubectl)
-        if words is None:
-            words = list(args or [])
-        config = runner_config(c, runner)
-        default_ns, default_ctx = kubectl_defaults(c.config, runner=runner)
-        namespace = validate_namespace(namespace) if namespace is not None else default_ns
-        context = validate_context(context) if context is not None else default_ctx
-        pty = wants_pty(words) and on_terminal()
-        try:
-            kubectl_in_runner(
-                config, words, namespace=namespace, context=context, pty=pty, **run_options(c)
+    words = command_line_remainder(kubectl)
+    if words is None:
+        words = list(args or [])
+    call = resolve_call(c, runner, namespace, context)
+    pty = wants_pty(words) and on_terminal()
+    try:
+        kubectl_in_runner(
+            call.config, words, namespace=call.namespace, context=call.context, pty=pty,
+            **run_options(c),
+        )
+    except CommandError as err:
+        # kubectl (or bash) already said why on stderr: pass its exit code through; when
+        # bash could not find kubectl itself (127), add where to look.
+        if err.exit_code == 127 and not _kubectl_present(call.config):
+            import sys
+
+            from dapfab.errors import render
+
+            hint = CommandError(
+                f"kubectl is not installed in VM {call.config.vm_name} (not on its login PATH)",
+                hint="install kubectl in the VM or put it on its login PATH; "
+                "`inv config.doctor` checks every hop",
             )
-        except CommandError as err:
-            # kubectl (or bash) already said why on stderr: pass its exit code through; when
-            # bash could not find kubectl itself (127), add where to look.
-            if err.exit_code == 127 and not _kubectl_present(config):
-                import sys
-
-                from dapfab.errors import render
-
-                hint = CommandError(
-                    f"kubectl is not installed in VM {config.vm_name} (not on its login PATH)",
-                    hint="install kubectl in the VM or put it on its login PATH; "
-                    "`inv config.doctor` checks every hop",
-                )
-                print(render(hint), file=sys.stderr, flush=True)
-            raise Exit(code=err.exit_code) from None
+            print(render(hint), file=sys.stderr, flush=True)
+        raise Exit(code=err.exit_code) from None
 
 
 def _kubectl_present(config: RunnerConfig) -> bool:
@@ -98,81 +89,21 @@ def _kubectl_present(config: RunnerConfig) -> bool:
     return found.exited == 0
 
 
-def _mib(count: int) -> str:
-    return f"{count / 1048576:.1f} MiB"
-
-
-class _ForwardDisplay:
-    """Forwarding lines on stdout; events on stderr; on a terminal, one live status line."""
-
-    def __init__(self, label: str) -> None:
-        import sys
-
-        self.label = label
-        self.live = sys.stderr.isatty()
-        self.status = ""
-        self.lock = threading.Lock()
-
-    def line(self, text: str) -> None:
-        import sys
-
-        with self.lock:
-            self._clear()
-            print(shown(text), flush=True)
-            self._draw()
-        if not sys.stdout.isatty():
-            sys.stdout.flush()
-
-    def event(self, message: str) -> None:
-        import sys
-
-        with self.lock:
-            self._clear()
-            print(f"dapfab: forward: {shown(message)}", file=sys.stderr, flush=True)
-            self._draw()
-
-    def update(self, status: str) -> None:
-        with self.lock:
-            self.status = shown(status)
-            self._draw()
-
-    def _clear(self) -> None:
-        import sys
-
-        if self.live and self.status:
-            sys.stderr.write("\r\x1b[K")
-
-    def _draw(self) -> None:
-        import sys
-
-        if self.live and self.status:
-            sys.stderr.write("\r\x1b[K" + self.status)
-            sys.stderr.flush()
-
-    def done(self) -> None:
-        import sys
-
-        with self.lock:
-            self._clear()
-            self.status = ""
-            if self.live:
-                sys.stderr.flush()
-
-
 @task(
     klass=DapTask,
     auto_shortflags=False,
     help={
         "target": "what to forward to: pod/NAME, svc/NAME, deploy/NAME (kubectl's TYPE/NAME)",
         "port": "the target's port (for svc/ the service port)",
-        "namespace": "kubectl --namespace (default: dap.kubectl.namespace)",
-        "context": "kubectl --context (default: dap.kubectl.context)",
+        "namespace": NAMESPACE_HELP,
+        "context": CONTEXT_HELP,
         "runner": RUNNER_HELP,
         "local_port": "port on the runner's 127.0.0.1 (default 0: a free one)",
-        "laptop_port": "also listen on this laptop's 127.0.0.1:N and carry connections to the "
-        "runner's forward (0: a free port)",
+        "laptop_port": "also listen on this laptop's 127.0.0.1:N (and [::1]:N) and carry "
+        "connections to the runner's forward (0: a port free on both)",
     },
 )
+@reported
 def forward(
     c: Context,
     target: str,
@@ -185,136 +116,98 @@ def forward(
 ) -> None:
     """Keep kubectl port-forward running in the runner until Ctrl-C: inv k8s.forward pod/web 8080
 
-    Prints `Forwarding from 127.0.0.1:<port> -> <TARGET>:<PORT> (runner)` once ready (and a
-    `(laptop)` line with --laptop-port); restarts kubectl on the same port when it exits.
+    Prints `Forwarding from 127.0.0.1:<port> -> <TARGET>:<PORT> (runner)` once ready (and
+    `(laptop)` lines with --laptop-port); restarts kubectl on the same port when it exits.
     """
-    import signal
-    import time
-
     from dapfab.bridge import LaptopBridge
-    from dapfab.commands import incus_command, validate_context, validate_namespace, validate_port
+    from dapfab.commands import incus_command, validate_port
     from dapfab.forward import Forward, forward_dry_command, validate_target
+    from dapfab.tasks.display import ForwardDisplay, close, wait_for_signal
 
-    with cli_edge():
-        target = validate_target(target)
-        remote_port = validate_port(port, what="port")
-        runner_port = validate_port(
-            local_port if local_port is not None else 0, allow_zero=True, what="--local-port"
-        )
-        wanted_laptop = (
-            None
-            if laptop_port is None
-            else validate_port(laptop_port, allow_zero=True, what="--laptop-port")
-        )
-        config = runner_config(c, runner)
-        default_ns, default_ctx = kubectl_defaults(c.config, runner=runner)
-        namespace = validate_namespace(namespace) if namespace is not None else default_ns
-        context = validate_context(context) if context is not None else default_ctx
-        options = run_options(c)
-        if options["dry"] or options["echo"]:
-            import sys
+    target = validate_target(target)
+    remote_port = validate_port(port, what="port")
+    runner_port = validate_port(
+        local_port if local_port is not None else 0, allow_zero=True, what="--local-port"
+    )
+    wanted_laptop = (
+        None
+        if laptop_port is None
+        else validate_port(laptop_port, allow_zero=True, what="--laptop-port")
+    )
+    call = resolve_call(c, runner, namespace, context)
+    dry = forward_dry_command(
+        target, remote_port, local_port=runner_port, namespace=call.namespace, context=call.context
+    )
+    if announce(c, incus_command(call.config, dry)):
+        return
+    call.config.check_configured()
+    display = ForwardDisplay()
+    bridge = None
+    if wanted_laptop is not None:
+        bridge = LaptopBridge(call.config, laptop_port=wanted_laptop, on_event=display.event)
+        bridge.bind()  # a laptop port in use fails here, before anything is sent
+    fwd = Forward(
+        call.config,
+        target,
+        remote_port,
+        namespace=call.namespace,
+        context=call.context,
+        local_port=runner_port,
+        reconnect=True,
+        on_event=display.event,
+    )
+    label = f"{target}:{remote_port}"
+    try:
+        fwd.open()
+        display.line(f"Forwarding from 127.0.0.1:{fwd.runner_port} -> {label} (runner)")
+        if bridge is not None:
+            assert fwd.runner_port is not None
+            bridge.start(fwd.runner_port, listener=lambda: fwd.listener)
+            for address in bridge.addresses:
+                display.line(f"Forwarding from {address}:{bridge.laptop_port} -> {label} (laptop)")
+        wait_for_signal(label, fwd, bridge, display)
+    finally:
+        close(fwd, bridge, display)
 
-            code = forward_dry_command(
-                target, remote_port, local_port=runner_port, namespace=namespace, context=context
-            )
-            print(incus_command(config, code), file=sys.stdout if options["dry"] else sys.stderr)
-            if options["dry"]:
-                return
-        config.check_configured()
-        display = _ForwardDisplay(f"{target}:{remote_port}")
-        bridge = None
-        if wanted_laptop is not None:
-            bridge = LaptopBridge(config, laptop_port=wanted_laptop, on_event=display.event)
-            bridge.bind()  # a laptop port in use fails here, before anything is sent
-        fwd = Forward(
-            config,
-            target,
-            remote_port,
-            namespace=namespace,
-            context=context,
-            local_port=runner_port,
-            reconnect=True,
-            on_event=display.event,
-        )
-        try:
-            fwd.open()
-            display.line(
-                f"Forwarding from 127.0.0.1:{fwd.runner_port} -> {target}:{remote_port} (runner)"
-            )
-            if bridge is not None:
-                assert fwd.runner_port is not None
-                bridge.start(fwd.runner_port, listener=lambda: fwd.listener)
-                for address in bridge.addresses:
-                    display.line(
-                        f"Forwarding from {address}:{bridge.laptop_port} -> "
-                        f"{target}:{remote_port} (laptop)"
-                    )
-            while True:
-                time.sleep(0.5)
-                if display.live:
-                    state = "up" if fwd.alive else "reconnecting"
-                    status = f"forward {target}:{remote_port} {state}, restarts {fwd.restarts}"
-                    if bridge is not None:
-                        status += (
-                            f" | connections {bridge.open_connections} open, "
-                            f"{bridge.total_connections} total | up {_mib(bridge.bytes_up)}, "
-                            f"down {_mib(bridge.bytes_down)}"
-                        )
-                    display.update(status)
-        finally:
-            if threading.current_thread() is threading.main_thread():
-                # a second Ctrl-C must not cut the cleanup short
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    signal.signal(sig, signal.SIG_IGN)
-            display.done()
-            if bridge is not None:
-                bridge.close()
-            fwd.close()
+
+def _laptop_file(flag: str, path: str, what: str) -> bytes:
+    """The bytes of ``path`` on this machine, for a ``--FLAG @FILE`` value."""
+    from dapfab.errors import ConfigError
+
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read {flag} file {path} ({exc.strerror})",
+            hint=f"give @FILE with a readable file on this machine{what}",
+        ) from None
 
 
 def _request_body(data: str | None) -> bytes | None:
     """``--data``: the text itself, ``@FILE`` a laptop file, ``@-`` this process's stdin."""
     import sys
 
-    from dapfab.errors import ConfigError
-
     if data is None:
         return None
     if data == "@-":
         return sys.stdin.buffer.read()
     if data.startswith("@"):
-        path = data[1:]
-        try:
-            with open(path, "rb") as handle:
-                return handle.read()
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read --data file {path} ({exc.strerror})",
-                hint="give @FILE with a readable file on this machine, or @- for stdin",
-            ) from None
+        return _laptop_file("--data", data[1:], ", or @- for stdin")
     return data.encode("utf-8", "surrogateescape")
 
 
 def _header_args(values: list[str]) -> list[str]:
     """``--header`` values with each ``@FILE`` replaced by that file's lines (one header a
     line, blank lines skipped, as ``curl -H @file``), so a secret need not be typed."""
-    from dapfab.errors import ConfigError
-
     headers: list[str] = []
     for value in values:
         if not value.startswith("@"):
             headers.append(value)
             continue
-        path = value[1:]
-        try:
-            with open(path, "rb") as handle:
-                text = handle.read().decode("utf-8", "surrogateescape")
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read --header file {path} ({exc.strerror})",
-                hint="give @FILE with a readable file on this machine, one 'Name: value' a line",
-            ) from None
-        headers += [line for line in text.splitlines() if line.strip()]
+        text = _laptop_file("--header", value[1:], ", one 'Name: value' a line")
+        lines = text.decode("utf-8", "surrogateescape").splitlines()
+        headers += [line for line in lines if line.strip()]
     return headers
 
 
@@ -348,6 +241,7 @@ def response_json(response: Any) -> dict[str, Any]:
         "timeout": "seconds curl may take, more than 0 (default 30)",
     },
 )
+@reported
 def curl(
     c: Context,
     url: str,
@@ -367,36 +261,25 @@ def curl(
     from dapfab.curl import curl_dry_argv, header_lines, runner_curl
     from dapfab.quoting import join
 
-    with cli_edge():
-        url = validate_url(url)
-        headers = header_lines(_header_args(header or []))
-        seconds = validate_seconds(timeout if timeout is not None else 30, what="--timeout")
-        config = runner_config(c, runner)
-        body = _request_body(data)
-        verb = (method or ("POST" if body is not None else "GET")).upper()
-        options = run_options(c)
-        if options["dry"] or options["echo"]:
-            argv = curl_dry_argv(
-                url,
-                method=verb,
-                headers=headers,
-                timeout=seconds,
-                body_size=None if body is None else len(body),
-            )
-            print(incus_command(config, join(argv)), file=sys.stdout if options["dry"] else sys.stderr)
-            if options["dry"]:
-                return
-        response = runner_curl(
-            config, url, method=verb, headers=headers, data=body, timeout=seconds
-        )
-        print(f"HTTP {response.status}", file=sys.stderr, flush=True)
-        if json:
-            print(jsonlib.dumps(response_json(response), indent=2, ensure_ascii=False), flush=True)
-        else:
-            sys.stdout.buffer.write(response.body)
-            sys.stdout.buffer.flush()
-        if response.status >= 400 and not no_fail:
-            raise Exit(code=22)
+    url = validate_url(url)
+    headers = header_lines(_header_args(header or []))
+    seconds = validate_seconds(timeout if timeout is not None else 30, what="--timeout")
+    config = resolve_call(c, runner).config
+    body = _request_body(data)
+    verb = (method or ("POST" if body is not None else "GET")).upper()
+    size = None if body is None else len(body)
+    dry = curl_dry_argv(url, method=verb, headers=headers, timeout=seconds, body_size=size)
+    if announce(c, incus_command(config, join(dry))):
+        return
+    response = runner_curl(config, url, method=verb, headers=headers, data=body, timeout=seconds)
+    print(f"HTTP {response.status}", file=sys.stderr, flush=True)
+    if json:
+        print(jsonlib.dumps(response_json(response), indent=2, ensure_ascii=False), flush=True)
+    else:
+        sys.stdout.buffer.write(response.body)
+        sys.stdout.buffer.flush()
+    if response.status >= 400 and not no_fail:
+        raise Exit(code=22)
 
 
 ns = Collection("k8s", kubectl, forward, curl)

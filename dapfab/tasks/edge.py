@@ -1,7 +1,8 @@
 """What every dapfab task does at its edge, in one place.
 
-:func:`reported` wraps a task body in :func:`dapfab.cli.cli_edge` (DapErrors become one
-line and their exit code; Ctrl-C, SIGTERM and a closed output their own codes);
+:func:`cli_edge` is the only place where a :class:`~dapfab.errors.DapError` becomes a stderr
+line and an exit code (Ctrl-C, SIGTERM and a closed output get theirs); :func:`reported`
+wraps a task body in it; :func:`command_line_remainder` reads the words after ``--``;
 :func:`resolve_call` turns the task's ``--runner``, ``-n`` and ``--context`` into what to
 run against; :func:`announce` prints a remote command for Invoke's ``--dry`` / ``--echo``.
 """
@@ -9,15 +10,138 @@ run against; :func:`announce` prints a remote command for Invoke's ``--dry`` / `
 from __future__ import annotations
 
 import functools
+import logging
+import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from invoke import Context
+from invoke import Context, Exit, Program, Task
 
-from dapfab.cli import cli_edge
 from dapfab.config import RunnerConfig, kubectl_defaults
+from dapfab.errors import DapError, Interrupted, OutputClosed, render
+
+SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class DapTask(Task):
+    """An Invoke task whose only short flag is ``-n`` for ``--namespace``."""
+
+    def arg_opts(self, name: str, default: Any, taken_names: set[str]) -> dict[str, Any]:
+        opts = super().arg_opts(name, default, taken_names)
+        if name == "namespace":
+            opts["names"] = ["namespace", "n"]
+        return opts
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+    raise Interrupted(f"interrupted by {name}", exit_code=SIGNAL_EXIT[signum])
+
+
+@contextmanager
+def signals_raise() -> Iterator[None]:
+    """While inside, SIGINT and SIGTERM raise :class:`Interrupted` (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in SIGNAL_EXIT}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def setup_debug_logging() -> None:
+    """``DAP_DEBUG=1`` turns on dapfab's own debug log on stderr (never secrets)."""
+    if os.environ.get("DAP_DEBUG") and not logging.getLogger("dapfab").handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("dapfab debug: %(name)s: %(message)s"))
+        logger = logging.getLogger("dapfab")
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+
+
+@contextmanager
+def cli_edge() -> Iterator[None]:
+    """Run a task body: signals become cleanup + 130/143, DapErrors one line + their code."""
+    setup_debug_logging()
+    try:
+        with signals_raise():
+            yield
+    except KeyboardInterrupt:
+        print(render(Interrupted("interrupted by Ctrl-C")), file=sys.stderr)
+        raise Exit(code=130) from None
+    except BrokenPipeError:  # OutputClosed too: the remote command is already stopped
+        # Silent, as a pipeline member killed by SIGPIPE; the dead streams go to /dev/null
+        # so that the interpreter's last flush cannot print a traceback.
+        _drop_closed_streams()
+        raise Exit(code=OutputClosed.exit_code) from None
+    except DapError as err:
+        if logging.getLogger("dapfab").isEnabledFor(logging.DEBUG):
+            logging.getLogger("dapfab").debug("error", exc_info=True)
+        print(render(err), file=sys.stderr, flush=True)
+        raise Exit(code=err.exit_code) from None
+
+
+def _drop_closed_streams() -> None:
+    """Point stdout and stderr at /dev/null, dropping what is still buffered for them."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                os.dup2(devnull, stream.fileno())
+            except (AttributeError, OSError, ValueError):
+                pass
+    finally:
+        os.close(devnull)
+
+
+def _called_by_program(task: Task) -> Program | None:
+    """The running Program if ``task`` was invoked by its Executor, not from Python code."""
+    from invoke import Executor
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, Task) and owner.body is task.body:
+            caller = frame.f_back
+            executor = caller.f_locals.get("self") if caller is not None else None
+            if not isinstance(executor, Executor):
+                return None
+            while caller is not None:
+                candidate = caller.f_locals.get("self")
+                if isinstance(candidate, Program):
+                    return candidate
+                caller = caller.f_back
+            return None
+        frame = frame.f_back
+    return None
+
+
+def command_line_remainder(task: Task) -> list[str] | None:
+    """The argv after ``--`` if ``task`` is the last task named on the command line, else None.
+
+    Invoke 2.2 joins the remainder with spaces; the original words come from the argv the
+    running Program parsed. A task called from Python (a runbook) gets None.
+    """
+    program = _called_by_program(task)
+    if program is None or not getattr(program, "tasks", None):
+        return None
+    argv = list(program.argv) if program.argv is not None else sys.argv
+    try:
+        last = program.collection[program.tasks[-1].name]
+    except (KeyError, TypeError, AttributeError):
+        return None
+    if getattr(last, "body", None) is not task.body or "--" not in argv:
+        return None
+    return argv[argv.index("--") + 1 :]
+
 
 RUNNER_HELP = "named runner profile (dap.runners.NAME); default: $DAP_RUNNER or dap.runner"
 NAMESPACE_HELP = "kubectl --namespace (default: dap.kubectl.namespace)"
@@ -25,7 +149,7 @@ CONTEXT_HELP = "kubectl --context (default: dap.kubectl.context)"
 
 
 def reported(body: Callable[..., Any]) -> Callable[..., Any]:
-    """Run the task body at the CLI edge (see :func:`dapfab.cli.cli_edge`)."""
+    """Run the task body at the CLI edge (see :func:`cli_edge`)."""
 
     @functools.wraps(body)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -7,13 +7,14 @@ from typing import Any
 
 from invoke import Collection, Context, Exit, task
 
-from dapfab.cli import DapTask, command_line_remainder
 from dapfab.config import DEFAULTS, RunnerConfig
 from dapfab.tasks.edge import (
     CONTEXT_HELP,
     NAMESPACE_HELP,
     RUNNER_HELP,
+    DapTask,
     announce,
+    command_line_remainder,
     reported,
     resolve_call,
     run_options,

@@ -8,8 +8,8 @@ import sys
 import pytest
 from invoke import Collection, Program, task
 
-from dapfab.cli import DapTask, cli_edge, command_line_remainder
 from dapfab.errors import ConfigError
+from dapfab.tasks.edge import DapTask, cli_edge, command_line_remainder
 from dapfab.terminal import wants_pty
 
 seen: list = []

@@ -20,7 +20,7 @@ def _config():  # noqa: ANN202 - RunnerConfig, imported lazily
 
 def warm(calls: int) -> None:
     """``calls`` × ``run_in_runner(cfg, 'true')`` after one warm-up call; seconds per call."""
-    from dapfab.execution import run_in_runner
+    from dapfab.run import run_in_runner
 
     cfg = _config()
     run_in_runner(cfg, "true", hide=True, in_stream=False)
@@ -33,14 +33,14 @@ def warm(calls: int) -> None:
 
 def stdin() -> None:
     """This process's stdin into ``cat >/dev/null`` in the runner."""
-    from dapfab.execution import run_in_runner
+    from dapfab.run import run_in_runner
 
     run_in_runner(_config(), "cat >/dev/null", in_stream=sys.stdin.buffer)
 
 
 def stdout(size: int) -> None:
     """``size`` bytes from the runner to this process's stdout."""
-    from dapfab.execution import run_in_runner
+    from dapfab.run import run_in_runner
 
     run_in_runner(_config(), f"head -c {size} /dev/zero", in_stream=False)
 

@@ -32,8 +32,8 @@ _HOMES = {
     "RunnerConfig": "dapfab.config",
     "incus_command": "dapfab.commands",
     "kubectl_command": "dapfab.commands",
-    "run_in_runner": "dapfab.execution",
-    "kubectl_in_runner": "dapfab.execution",
+    "run_in_runner": "dapfab.run",
+    "kubectl_in_runner": "dapfab.run",
     "port_forward": "dapfab.forward",
     "runner_curl": "dapfab.curl",
 }

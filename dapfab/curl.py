@@ -247,7 +247,7 @@ def runner_curl(
     with curl's exit code and message; the SSH and runner hops raise their own errors.
     """
     from dapfab.errors import DapTimeout
-    from dapfab.execution import run_in_runner
+    from dapfab.run import run_in_runner
 
     url = validate_url(url)
     timeout = validate_seconds(timeout, what="timeout")

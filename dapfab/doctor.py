@@ -244,7 +244,7 @@ def check_tools(config: RunnerConfig) -> Check:
 
 def in_vm(config: RunnerConfig, code: str) -> Any:
     """Run ``code`` in the VM through the launcher, as every dapfab command runs."""
-    from dapfab.execution import run_in_runner
+    from dapfab.run import run_in_runner
 
     return run_in_runner(config, code, hide=True, warn=True, in_stream=False,
                          timeout=REMOTE_TIMEOUT)

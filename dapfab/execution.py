@@ -1,4 +1,5 @@
-"""Running shell code and kubectl in the runner VM: :func:`run_in_runner`, :func:`kubectl_in_runner`.
+"""How one command runs in the runner VM: :class:`RemoteProcess`, :class:`Result`, and
+:func:`run_command` (the public entry points are in :mod:`dapfab.run`).
 
 Every command is a :class:`RemoteProcess`: one SSH session channel on a pooled connection,
 running the remote launcher (:mod:`dapfab.launcher`). Output streams as it arrives in large
@@ -18,12 +19,12 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 from dapfab import launcher
-from dapfab.errors import CommandError, DapError, DapTimeout, OutputClosed, RunnerError
+from dapfab.errors import DapError, DapTimeout, OutputClosed, RunnerError
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
@@ -604,41 +605,19 @@ def _default_in_stream(in_stream: Any) -> Any:
     return stdin
 
 
-def run_in_runner(
+def run_command(
     config: RunnerConfig,
     command: str,
     *,
     hide: Any = None,
-    warn: bool = False,
     in_stream: Any = None,
     timeout: float | None = None,
-    echo: bool = False,
-    dry: bool = False,
-    pty: bool = False,
     out_stream: IO[Any] | None = None,
     err_stream: IO[Any] | None = None,
 ) -> Result:
-    """Run shell code in the runner VM (``bash -lc``) and return its :class:`Result`.
-
-    Output that ``hide`` keeps off the terminal is captured as bytes; shown output streams
-    and is not kept. ``in_stream``: a file-like object for the command's stdin (default: the
-    process's stdin unless it is a terminal; ``False`` for none). A non-zero exit raises
-    :class:`~dapfab.errors.CommandError` unless ``warn``. ``dry`` prints the reference
-    command instead of running it.
-    """
-    from dapfab.commands import incus_command, validate_seconds
-
-    if timeout is not None:
-        timeout = validate_seconds(timeout, what="timeout")
-    reference = incus_command(config, command, pty=pty)
-    if echo or dry:
-        print(reference, file=sys.stdout if dry else sys.stderr, flush=True)
-    if dry:
-        return Result(command=command, exited=0)
-    if pty:
-        from dapfab.terminal import run_with_pty
-
-        return run_with_pty(config, command, warn=warn)
+    """Run shell code in the VM without a pty and return its :class:`Result`, whatever its
+    exit code: the core of :func:`dapfab.run.run_in_runner` (which adds dry/echo, the pty
+    path and ``warn``)."""
     hide_out, hide_err = _hidden(hide)
     captured: dict[str, list[bytes]] = {"out": [], "err": []}
     on_stdout = captured["out"].append if hide_out else _StreamSink(out_stream or sys.stdout)
@@ -653,28 +632,4 @@ def run_in_runner(
     )
     with process:
         code = process.wait(timeout)
-    result = Result(command, code, b"".join(captured["out"]), b"".join(captured["err"]))
-    if code != 0 and not warn:
-        raise CommandError(f"command exited with {code}", exit_code=code, result=result)
-    return result
-
-
-def kubectl_in_runner(
-    config: RunnerConfig,
-    args: Sequence[str],
-    *,
-    namespace: str | None = None,
-    context: str | None = None,
-    **opts: Any,
-) -> Result:
-    """Run ``kubectl`` in the runner with ``args`` exactly as given (see :func:`run_in_runner`)."""
-    from dapfab.commands import kubectl_command
-
-    if isinstance(args, str):
-        raise TypeError("args must be a sequence of strings, not one string")
-    code = kubectl_command(list(args), namespace=namespace, context=context)
-    try:
-        return run_in_runner(config, code, **opts)
-    except CommandError as err:
-        err.hop = "kubectl"
-        raise
+    return Result(command, code, b"".join(captured["out"]), b"".join(captured["err"]))

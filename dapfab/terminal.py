@@ -96,13 +96,14 @@ def on_terminal() -> bool:
         return False
 
 
-def run_with_pty(config: RunnerConfig, command: str, *, warn: bool = False) -> Result:
-    """Run ``command`` in the VM on a pty wired to this process's terminal."""
+def run_with_pty(config: RunnerConfig, command: str) -> Result:
+    """Run ``command`` in the VM on a pty wired to this process's terminal; its Result
+    (whatever the exit code)."""
     from dapfab.connection import POOL
-    from dapfab.errors import CommandError, RunnerError
-    from dapfab.execution import RemoteProcess, Result, run_in_runner
+    from dapfab.errors import RunnerError
+    from dapfab.execution import RemoteProcess, Result, run_command
 
-    staged = run_in_runner(
+    staged = run_command(
         config, STAGE, hide=True, in_stream=io.BytesIO(command.encode("utf-8", "surrogateescape"))
     ).stdout.strip()
     if not _STAGED.fullmatch(staged):
@@ -125,11 +126,8 @@ def run_with_pty(config: RunnerConfig, command: str, *, warn: bool = False) -> R
         channel.exec_command(join(words))
         code = _pump(channel)
     # The session's watcher removes the directory too, unless something killed it first.
-    run_in_runner(config, f"rm -rf {private}", hide=True, in_stream=False, warn=True)
-    result = Result(command, code)
-    if code != 0 and not warn:
-        raise CommandError(f"command exited with {code}", exit_code=code, result=result)
-    return result
+    run_command(config, f"rm -rf {private}", hide=True, in_stream=False)
+    return Result(command, code)
 
 
 def _pump(channel: Any) -> int:

@@ -48,7 +48,7 @@ def kubectl(
     on a terminal, `exec -it`, `edit` and `attach` get a pty.
     """
     from dapfab.errors import CommandError
-    from dapfab.execution import kubectl_in_runner
+    from dapfab.run import kubectl_in_runner
     from dapfab.terminal import on_terminal, wants_pty
 
     words = command_line_remainder(kubectl)
@@ -81,7 +81,7 @@ def kubectl(
 def _kubectl_present(config: RunnerConfig) -> bool:
     """Whether the VM's login shell finds kubectl (asked only after an exit 127)."""
     from dapfab.errors import DapError
-    from dapfab.execution import run_in_runner
+    from dapfab.run import run_in_runner
 
     try:
         found = run_in_runner(config, "command -v kubectl", hide=True, warn=True, in_stream=False)

@@ -13,7 +13,7 @@ def install_kubectl_plugins(config: Any, plugins: Mapping[str, str]) -> None:
 
     ``kubectl name ARGS`` then runs the script with ARGS, exactly as kubectl passes them.
     """
-    from dapfab.execution import run_in_runner
+    from dapfab.run import run_in_runner
 
     script = [
         "mkdir -p ~/bin",

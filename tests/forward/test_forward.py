@@ -11,8 +11,8 @@ import urllib.request
 import pytest
 
 from dapfab.errors import CommandError, DapError
-from dapfab.execution import run_in_runner
 from dapfab.forward import forward_command, parse_forwarding, port_forward
+from dapfab.run import run_in_runner
 
 LINE = re.compile(r"Forwarding from 127\.0\.0\.1:(\d+) -> (\S+) \((runner|laptop)\)")
 

@@ -13,8 +13,8 @@ import time
 import pytest
 
 from dapfab.errors import Interrupted
-from dapfab.execution import kubectl_in_runner
 from dapfab.forward import port_forward
+from dapfab.run import kubectl_in_runner
 
 pytestmark = pytest.mark.lab
 

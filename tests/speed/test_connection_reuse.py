@@ -77,7 +77,7 @@ def test_separate_processes_each_open_their_own(lab: Any, project: Path) -> None
 def test_sequential_library_calls_share_one_connection(lab: Any, runner_config: Any) -> None:
     from dapfab.connection import POOL
     from dapfab.curl import runner_curl
-    from dapfab.execution import kubectl_in_runner, run_in_runner
+    from dapfab.run import kubectl_in_runner, run_in_runner
 
     POOL.close_all()
     url = f"http://{lab.cluster_address}:8080/status/200"
@@ -121,7 +121,7 @@ def in_threads(calls: list[Any]) -> list[Any]:
 def test_a_burst_of_short_calls_queues_for_helpers_on_one_connection(lab: Any, runner_config: Any) -> None:
     """25 calls at once: more than MAX_SESSIONS, yet one connection, each helper reused."""
     from dapfab.connection import MAX_SESSIONS, POOL
-    from dapfab.execution import run_in_runner
+    from dapfab.run import run_in_runner
 
     POOL.close_all()
     calls = [lambda n=n: run_in_runner(runner_config, f"echo {n}", hide=True).stdout
@@ -140,7 +140,7 @@ def test_a_call_behind_long_running_ones_gets_another_connection(lab: Any, runne
     import time
 
     from dapfab.connection import MAX_SESSIONS, POOL, SESSION_WAIT_MIN
-    from dapfab.execution import run_in_runner
+    from dapfab.run import run_in_runner
 
     POOL.close_all()
     long = [lambda: run_in_runner(runner_config, "sleep 20", hide=True) for _ in range(MAX_SESSIONS)]

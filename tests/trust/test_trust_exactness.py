@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dapfab.execution import kubectl_in_runner
+from dapfab.run import kubectl_in_runner
 
 pytestmark = pytest.mark.lab
 

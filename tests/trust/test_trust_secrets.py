@@ -43,7 +43,7 @@ def assert_clean(text: str, secrets: list[str]) -> None:
 def hold_plugin(lab, plugins, runner_config):
     """``kubectl hold SECONDS ...`` sleeps, ignoring its other arguments."""
     from dapfab.connection import POOL
-    from dapfab.execution import run_in_runner
+    from dapfab.run import run_in_runner
 
     body = '#!/bin/bash\nsleep "$1"\necho held\n'
     run_in_runner(runner_config, f"printf %s {join([body])} > ~/bin/kubectl-hold && "
@@ -126,7 +126,7 @@ def test_a_command_far_over_128_kib_quoted_works(cli, lab, plugins):
 
 
 def test_library_command_over_128_kib_quoted_works(runner_config):
-    from dapfab.execution import run_in_runner
+    from dapfab.run import run_in_runner
 
     args = [("'\"$`\\\n" * 20000)[:100_000] for _ in range(3)]
     code = join(["/usr/bin/printf", "%s", *args]) + " | sha256sum"

@@ -1,0 +1,86 @@
+"""Running shell code and kubectl in the runner VM: :func:`run_in_runner` and
+:func:`kubectl_in_runner`, the public entry points (docs/design.md §3).
+
+Commands without a pty run through :func:`dapfab.execution.run_command`; with ``pty=True``
+through :func:`dapfab.terminal.run_with_pty`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import IO, TYPE_CHECKING, Any
+
+from dapfab.errors import CommandError
+from dapfab.execution import Result, run_command
+
+if TYPE_CHECKING:
+    from dapfab.config import RunnerConfig
+
+
+def run_in_runner(
+    config: RunnerConfig,
+    command: str,
+    *,
+    hide: Any = None,
+    warn: bool = False,
+    in_stream: Any = None,
+    timeout: float | None = None,
+    echo: bool = False,
+    dry: bool = False,
+    pty: bool = False,
+    out_stream: IO[Any] | None = None,
+    err_stream: IO[Any] | None = None,
+) -> Result:
+    """Run shell code in the runner VM (``bash -lc``) and return its :class:`Result`.
+
+    Output that ``hide`` keeps off the terminal is captured as bytes; shown output streams
+    and is not kept. ``in_stream``: a file-like object for the command's stdin (default: the
+    process's stdin unless it is a terminal; ``False`` for none). A non-zero exit raises
+    :class:`~dapfab.errors.CommandError` unless ``warn``. ``dry`` prints the reference
+    command instead of running it.
+    """
+    from dapfab.commands import incus_command, validate_seconds
+
+    if timeout is not None:
+        timeout = validate_seconds(timeout, what="timeout")
+    reference = incus_command(config, command, pty=pty)
+    if echo or dry:
+        print(reference, file=sys.stdout if dry else sys.stderr, flush=True)
+    if dry:
+        return Result(command=command, exited=0)
+    if pty:
+        from dapfab.terminal import run_with_pty
+
+        result = run_with_pty(config, command)
+    else:
+        result = run_command(
+            config, command, hide=hide, in_stream=in_stream, timeout=timeout,
+            out_stream=out_stream, err_stream=err_stream,
+        )
+    if result.exited != 0 and not warn:
+        raise CommandError(
+            f"command exited with {result.exited}", exit_code=result.exited, result=result
+        )
+    return result
+
+
+def kubectl_in_runner(
+    config: RunnerConfig,
+    args: Sequence[str],
+    *,
+    namespace: str | None = None,
+    context: str | None = None,
+    **opts: Any,
+) -> Result:
+    """Run ``kubectl`` in the runner with ``args`` exactly as given (see :func:`run_in_runner`)."""
+    from dapfab.commands import kubectl_command
+
+    if isinstance(args, str):
+        raise TypeError("args must be a sequence of strings, not one string")
+    code = kubectl_command(list(args), namespace=namespace, context=context)
+    try:
+        return run_in_runner(config, code, **opts)
+    except CommandError as err:
+        err.hop = "kubectl"
+        raise

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dapfab.errors import ConfigError, DapError, HostKeyError, SSHError
+from dapfab.errors import ConfigError, DapError, SSHError
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
@@ -128,67 +128,46 @@ def _set_nodelay(transport: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _connect_error(exc: BaseException, label: str, target: str, timeout: float) -> DapError:
+def _connect_error(
+    exc: BaseException, label: str, target: str, timeout: float, known_hosts: str
+) -> DapError:
     """Map what paramiko or the OS raised while connecting to one hop to a DapError."""
     import paramiko
 
-    hop = f"ssh {label}"
+    from dapfab.hostkeys import changed_host_error
+
     if isinstance(exc, DapError):
         return exc
     if isinstance(exc, paramiko.BadHostKeyException):
-        from dapfab.hostkeys import fingerprint
+        return changed_host_error(label, exc.hostname, exc.key, known_hosts)
+    message, hint = _connect_failure(exc, target, timeout)
+    return SSHError(message, hop=f"ssh {label}", hint=hint)
 
-        return HostKeyError(
-            f"host key of {exc.hostname} has CHANGED: now {exc.key.get_name()} "
-            f"{fingerprint(exc.key)}",
-            hop=hop,
-            hint=f"if the change is expected, remove the old key with ssh-keygen -R "
-            f"'{exc.hostname}' and verify the new one",
-        )
+
+def _connect_failure(exc: BaseException, target: str, timeout: float) -> tuple[str, str]:
+    """What went wrong connecting to ``target``, and how to fix it."""
+    import paramiko
+
+    up = "check that the management host is up and reachable from the gateway"
     if isinstance(exc, paramiko.AuthenticationException):
-        return SSHError(
-            f"authentication to {target} failed ({exc})",
-            hop=hop,
-            hint="check dap.runner.ssh_key, your ssh-agent, and the user's authorized_keys",
-        )
+        return (f"authentication to {target} failed ({exc})",
+                "check dap.runner.ssh_key, your ssh-agent, and the user's authorized_keys")
     if isinstance(exc, (socket.timeout, TimeoutError)):
-        return SSHError(
-            f"no answer from {target} within {timeout:g} s",
-            hop=hop,
-            hint="check that the host is up and reachable, or raise dap.ssh.connect_timeout",
-        )
+        return (f"no answer from {target} within {timeout:g} s",
+                "check that the host is up and reachable, or raise dap.ssh.connect_timeout")
     if isinstance(exc, (ConnectionRefusedError, paramiko.ssh_exception.NoValidConnectionsError)):
-        return SSHError(
-            f"connection to {target} refused",
-            hop=hop,
-            hint="check the host and port, and that sshd runs there",
-        )
+        return f"connection to {target} refused", "check the host and port, and that sshd runs there"
     if isinstance(exc, socket.gaierror):
-        return SSHError(
-            f"cannot resolve {target} ({exc.strerror})",
-            hop=hop,
-            hint="check the host name in dap.runner.ssh_host / dap.runner.gateway",
-        )
+        return (f"cannot resolve {target} ({exc.strerror})",
+                "check the host name in dap.runner.ssh_host / dap.runner.gateway")
     if isinstance(exc, paramiko.SSHException) and "Timeout opening channel" in str(exc):
-        return SSHError(
-            f"no answer from {target} through the gateway within {timeout:g} s",
-            hop=hop,
-            hint="check that the management host is up and reachable from the gateway, "
-            "or raise dap.ssh.connect_timeout",
-        )
+        return (f"no answer from {target} through the gateway within {timeout:g} s",
+                f"{up}, or raise dap.ssh.connect_timeout")
     if isinstance(exc, paramiko.ChannelException):
-        return SSHError(
-            f"the gateway could not open a connection to {target} ({exc.text})",
-            hop=hop,
-            hint="check that the management host is up and reachable from the gateway",
-        )
+        return f"the gateway could not open a connection to {target} ({exc.text})", up
     if isinstance(exc, OSError):
-        return SSHError(
-            f"cannot connect to {target} ({exc.strerror or exc})",
-            hop=hop,
-            hint="check the network path to the host",
-        )
-    return SSHError(f"SSH to {target} failed ({exc})", hop=hop, hint="check the host and sshd")
+        return f"cannot connect to {target} ({exc.strerror or exc})", "check the network path to the host"
+    return f"SSH to {target} failed ({exc})", "check the host and sshd"
 
 
 def check_key_file(config: RunnerConfig) -> str | None:
@@ -259,6 +238,42 @@ def _apply_connect_settings(hop: Any, timeout: float, connect_kwargs: dict[str, 
             hop.connect_kwargs.setdefault(name, value)
 
 
+def _hop_chain(config: RunnerConfig, timeout: float) -> tuple[list[Any], dict[str, Any]]:
+    """The Fabric connections to make, outermost (first contacted) first, and the connect
+    options they share; ssh_config ``ProxyJump`` hops included, ``ProxyCommand`` refused."""
+    from fabric import Connection
+
+    connect_kwargs: dict[str, Any] = {
+        "banner_timeout": timeout,
+        "auth_timeout": timeout,
+        "channel_timeout": timeout,
+        "transport_factory": gcm_first_transport,
+    }
+    key = check_key_file(config)
+    if key:
+        connect_kwargs["key_filename"] = [key]
+    gateway = None
+    if config.gateway:
+        gateway = Connection(
+            config.gateway, connect_timeout=timeout, connect_kwargs=dict(connect_kwargs)
+        )
+    chain = [
+        Connection(
+            config.ssh_host, gateway=gateway, connect_timeout=timeout,
+            connect_kwargs=dict(connect_kwargs),
+        )
+    ]
+    while isinstance(chain[-1].gateway, Connection):
+        chain.append(chain[-1].gateway)
+    chain.reverse()
+    if isinstance(chain[0].gateway, str):
+        raise ConfigError(
+            "ssh_config ProxyCommand gateways are not supported",
+            hint="use ProxyJump or dap.runner.gateway",
+        )
+    return chain, connect_kwargs
+
+
 class Link:
     """One SSH connection to the management host, with the gateway hops it needs."""
 
@@ -302,71 +317,13 @@ class Link:
 
     def open(self) -> None:
         """Connect every hop, gateway first, checking host keys; raise DapError on failure."""
-        from fabric import Connection
-
-        from dapfab.hostkeys import enforce, hash_known_hosts_wanted, known_hosts_name
-
-        config = self.config
-        timeout = float(config.connect_timeout)
-        key = check_key_file(config)
-        connect_kwargs: dict[str, Any] = {
-            "banner_timeout": timeout,
-            "auth_timeout": timeout,
-            "channel_timeout": timeout,
-            "transport_factory": gcm_first_transport,
-        }
-        if key:
-            connect_kwargs["key_filename"] = [key]
-        gateway = None
-        if config.gateway:
-            gateway = Connection(
-                config.gateway, connect_timeout=timeout, connect_kwargs=dict(connect_kwargs)
-            )
-        target = Connection(
-            config.ssh_host,
-            gateway=gateway,
-            connect_timeout=timeout,
-            connect_kwargs=dict(connect_kwargs),
-        )
-        # The hops, outermost (first contacted) first.
-        chain = [target]
-        while isinstance(chain[-1].gateway, Connection):
-            chain.append(chain[-1].gateway)
-        chain.reverse()
-        if isinstance(chain[0].gateway, str):
-            raise ConfigError(
-                "ssh_config ProxyCommand gateways are not supported",
-                hint="use ProxyJump or dap.runner.gateway",
-            )
+        timeout = float(self.config.connect_timeout)
+        chain, connect_kwargs = _hop_chain(self.config, timeout)
+        target = chain[-1]
         sock = None
         for index, hop in enumerate(chain):
-            label = "management host" if hop is target else "gateway"
-            name = f"{hop.user}@{hop.host}:{hop.port}"
-            enforce(
-                hop.client,
-                label=f"{label} {hop.host}",
-                name=known_hosts_name(hop.host, int(hop.port)),
-                known_hosts=config.known_hosts,
-                policy=config.host_key_policy,
-                hashed=hash_known_hosts_wanted(hop.ssh_config),
-            )
-            hop.gateway = None
-            _apply_connect_settings(hop, timeout, connect_kwargs)
-            if sock is not None:
-                hop.connect_kwargs["sock"] = ChannelSocket(sock)
-            try:
-                hop.open()
-            except BaseException as exc:
-                if isinstance(exc, KeyboardInterrupt):
-                    self.close()
-                    raise
-                self.close()
-                raise _connect_error(exc, f"{label} {hop.host}", name, timeout) from None
-            self._connections.append(hop)
-            _set_nodelay(hop.transport)
-            keepalive = Keepalive(hop.transport, f"{label} {hop.host}", self._mark_dead)
-            keepalive.start()
-            self._keepalives.append(keepalive)
+            label = f"{'management host' if hop is target else 'gateway'} {hop.host}"
+            self._connect_hop(hop, label, sock, timeout, connect_kwargs)
             if index + 1 < len(chain):
                 nxt = chain[index + 1]
                 try:
@@ -379,10 +336,44 @@ class Link:
                         raise
                     nxt_name = f"management host {nxt.host}" if nxt is target else "gateway"
                     raise _connect_error(
-                        exc, nxt_name, f"{nxt.host}:{nxt.port}", timeout
+                        exc, nxt_name, f"{nxt.host}:{nxt.port}", timeout, self.config.known_hosts
                     ) from None
         self.transport = target.transport
-        log.debug("connected to %s through %d hop(s)", config.ssh_host, len(chain))
+        log.debug("connected to %s through %d hop(s)", self.config.ssh_host, len(chain))
+
+    def _connect_hop(
+        self, hop: Any, label: str, sock: Any, timeout: float, connect_kwargs: dict[str, Any]
+    ) -> None:
+        """Connect one hop (through ``sock``, the previous hop's channel, if any) with its
+        host key checked, and start its keepalives; DapError (all hops closed) on failure."""
+        from dapfab.hostkeys import enforce, hash_known_hosts_wanted, known_hosts_name
+
+        config = self.config
+        enforce(
+            hop.client,
+            label=label,
+            name=known_hosts_name(hop.host, int(hop.port)),
+            known_hosts=config.known_hosts,
+            policy=config.host_key_policy,
+            hashed=hash_known_hosts_wanted(hop.ssh_config),
+        )
+        hop.gateway = None
+        _apply_connect_settings(hop, timeout, connect_kwargs)
+        if sock is not None:
+            hop.connect_kwargs["sock"] = ChannelSocket(sock)
+        try:
+            hop.open()
+        except BaseException as exc:
+            self.close()
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            name = f"{hop.user}@{hop.host}:{hop.port}"
+            raise _connect_error(exc, label, name, timeout, config.known_hosts) from None
+        self._connections.append(hop)
+        _set_nodelay(hop.transport)
+        keepalive = Keepalive(hop.transport, label, self._mark_dead)
+        keepalive.start()
+        self._keepalives.append(keepalive)
 
     def open_session(self) -> Any:
         """A new session channel on this connection."""

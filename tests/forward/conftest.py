@@ -64,6 +64,7 @@ class Inv:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             preexec_fn=_default_sigint,
+            bufsize=0,  # unbuffered: line()'s select must see every byte not yet read
         )
 
     def line(self, timeout: float = 30.0) -> str:

@@ -220,12 +220,13 @@ def _ssh_sessions(lab) -> set[int]:
 
 
 def test_killing_ssh_without_a_pty_leaves_command_and_client_running(lab, marker):
+    before = _ssh_sessions(lab)  # other connections to mgmt (this process's pool) stay
     proc = subprocess.Popen(["ssh", "-F", lab.ssh_config, "mgmt",
                              f"incus exec {lab.vm_name} -- sh -c 'echo ready; sleep 1000; : {marker}'"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         assert proc.stdout.readline() == b"ready\n"
-        sessions = _ssh_sessions(lab)
+        sessions = _ssh_sessions(lab) - before
         assert sessions, "the connection's sshd session process"
         proc.kill()
         proc.wait()

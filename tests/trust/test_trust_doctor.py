@@ -74,7 +74,8 @@ def fault_context(name):
 def test_doctor_names_the_failing_check_and_exits_with_its_hops_code(lab, clean_lab, tmp_path, name):
     failing, code = EXPECTED[name]
     with fault_context(name)(lab, tmp_path) as env:
-        got, out, err, elapsed = run_cli(lab, ("config.doctor",), env or {})
+        prefix = MATRIX[name].prefix if name in MATRIX else ()
+        got, out, err, elapsed = run_cli(lab, ("config.doctor",), env or {}, prefix=prefix)
     rows = parse(out)
     text = out.decode() + err
     assert got == code, text

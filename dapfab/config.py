@@ -32,33 +32,20 @@ from dapfab.errors import ConfigError
 
 PLACEHOLDER_HOST = "user@mgmt.example.com"
 
-DEFAULTS: dict[str, Any] = {
-    "runner": {
-        "ssh_host": PLACEHOLDER_HOST,
-        "ssh_key": "~/.ssh/id_ed25519",
-        "vm": "dap-runner",
-        "gateway": None,
-        "incus": "incus",
-        "project": None,
-    },
-    "ssh": {
-        "known_hosts": "~/.ssh/known_hosts",
-        "host_key_policy": "reject",
-        "connect_timeout": 10,
-    },
-    "kubectl": {"namespace": None, "context": None},
-    "runners": {},
-}
-
 HOST_KEY_POLICIES = ("reject", "accept-new")
 
 
 @dataclass(frozen=True)
 class Key:
-    """One effective setting: its dotted path under ``dap``, env var, field and task flag."""
+    """One setting, declared once: its dotted path under ``dap``, env var, built-in default,
+    what it is (help), the RunnerConfig field it fills and the task flag that sets it.
+    :data:`DEFAULTS`, config.init's questions, the README table and the example
+    ``invoke.yaml`` are derived from or checked against :data:`KEYS`."""
 
     path: str
     env: str
+    default: Any
+    help: str
     field: str | None = None
     flag: str | None = None
 
@@ -72,20 +59,40 @@ class Key:
 
 
 KEYS: tuple[Key, ...] = (
-    Key("runner.ssh_host", "DAP_RUNNER_SSH_HOST", "ssh_host", "--ssh-host"),
-    Key("runner.ssh_key", "DAP_RUNNER_SSH_KEY", "ssh_key", "--ssh-key"),
-    Key("runner.vm", "DAP_RUNNER_VM", "vm_name", "--vm"),
-    Key("runner.gateway", "DAP_RUNNER_SSH_GATEWAY", "gateway", "--gateway"),
-    Key("runner.incus", "DAP_RUNNER_INCUS", "incus"),
-    Key("runner.project", "DAP_RUNNER_PROJECT", "project"),
-    Key("ssh.known_hosts", "DAP_SSH_KNOWN_HOSTS", "known_hosts"),
-    Key("ssh.host_key_policy", "DAP_SSH_HOST_KEY_POLICY", "host_key_policy"),
-    Key("ssh.connect_timeout", "DAP_SSH_CONNECT_TIMEOUT", "connect_timeout"),
-    Key("kubectl.namespace", "DAP_KUBECTL_NAMESPACE", None, "--namespace"),
-    Key("kubectl.context", "DAP_KUBECTL_CONTEXT", None, "--context"),
+    Key("runner.ssh_host", "DAP_RUNNER_SSH_HOST", PLACEHOLDER_HOST,
+        "management host (user@host[:port] or ssh_config alias)", "ssh_host", "--ssh-host"),
+    Key("runner.ssh_key", "DAP_RUNNER_SSH_KEY", "~/.ssh/id_ed25519", "private key file",
+        "ssh_key", "--ssh-key"),
+    Key("runner.vm", "DAP_RUNNER_VM", "dap-runner", "runner VM name (incus instance)",
+        "vm_name", "--vm"),
+    Key("runner.gateway", "DAP_RUNNER_SSH_GATEWAY", None,
+        "bastion host (user@host[:port]; empty for none)", "gateway", "--gateway"),
+    Key("runner.incus", "DAP_RUNNER_INCUS", "incus",
+        "client on the management host (lxc for LXD)", "incus"),
+    Key("runner.project", "DAP_RUNNER_PROJECT", None, "incus --project", "project"),
+    Key("ssh.known_hosts", "DAP_SSH_KNOWN_HOSTS", "~/.ssh/known_hosts",
+        "known_hosts file checked for every hop", "known_hosts"),
+    Key("ssh.host_key_policy", "DAP_SSH_HOST_KEY_POLICY", "reject",
+        "reject or accept-new", "host_key_policy"),
+    Key("ssh.connect_timeout", "DAP_SSH_CONNECT_TIMEOUT", 10,
+        "seconds to wait for each SSH connection", "connect_timeout"),
+    Key("kubectl.namespace", "DAP_KUBECTL_NAMESPACE", None, "kubectl --namespace", None,
+        "--namespace"),
+    Key("kubectl.context", "DAP_KUBECTL_CONTEXT", None, "kubectl --context", None, "--context"),
 )
 KEYS_BY_PATH = {key.path: key for key in KEYS}
 KEYS_BY_FIELD = {key.field: key for key in KEYS if key.field}
+
+
+def _defaults() -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key in KEYS:
+        tree.setdefault(key.section, {})[key.name] = key.default
+    tree["runners"] = {}
+    return tree
+
+
+DEFAULTS: dict[str, Any] = _defaults()
 PROFILE_ENV = "DAP_RUNNER"
 
 _SECTIONS = ("runner", "ssh", "kubectl")

@@ -15,6 +15,7 @@ from invoke import Collection, Context, task
 
 from dapfab.config import (
     DEFAULTS,
+    KEYS,
     KEYS_BY_PATH,
     PLACEHOLDER_HOST,
     RunnerConfig,
@@ -28,11 +29,11 @@ from dapfab.errors import ConfigError, shown
 from dapfab.tasks.edge import reported
 
 # The keys config.init writes: (dotted path under dap, task parameter, prompt).
-INIT_KEYS = (
-    ("runner.ssh_host", "ssh_host", "management host (user@host[:port] or ssh_config alias)"),
-    ("runner.ssh_key", "ssh_key", "private key file"),
-    ("runner.vm", "vm", "runner VM name (incus instance)"),
-    ("runner.gateway", "gateway", "bastion host (user@host[:port]; empty for none)"),
+# What config.init asks for: the runner keys that have a flag (--ssh-host -> ssh_host ...).
+INIT_KEYS = tuple(
+    (key.path, key.flag.lstrip("-").replace("-", "_"), key.help)
+    for key in KEYS
+    if key.section == "runner" and key.flag
 )
 
 

@@ -431,3 +431,17 @@ def test_the_example_invoke_yaml_documents_every_key_with_its_default():
     assert yaml.safe_load(uncommented)["dap"] == DEFAULTS
     for key in KEYS:
         assert key.env in text
+
+
+def test_the_readme_table_lists_every_key_with_its_variable_and_default():
+    import re
+    from pathlib import Path
+
+    from dapfab.config import KEYS
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = re.findall(r"^\| `dap\.([a-z_.]+)` \| `([A-Z_]+)` \| (.+?) \|$", readme, re.M)
+    assert [(path, env) for path, env, _ in rows] == [(key.path, key.env) for key in KEYS]
+    for (_, _, default), key in zip(rows, KEYS, strict=True):
+        shown_default = "none" if key.default is None else f"`{key.default}`"
+        assert default.startswith(shown_default), (key.path, default)

@@ -32,7 +32,10 @@ if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
 
 # Tools the remote launcher (dapfab.launcher) and the pty path (dapfab.terminal) run in the VM.
-LAUNCHER_TOOLS = ("unshare", "head", "mktemp", "cat", "rm")
+# Every external tool the shell that dapfab sends to the VM runs (launcher, helper, pty
+# session, curl, forward and relay scripts); tests/unit/test_launcher.py scans those scripts
+# and fails if one uses a tool missing here.
+LAUNCHER_TOOLS = ("unshare", "head", "mktemp", "cat", "rm", "touch", "stat", "sleep", "readlink")
 REMOTE_TIMEOUT = 30.0  # seconds for one doctor command on mgmt or in the VM
 API_TIMEOUT = 5  # kubectl --request-timeout for the API server check
 

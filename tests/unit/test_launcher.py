@@ -276,3 +276,26 @@ def test_an_unrecognised_incus_error_is_still_the_runner_hop():
     err = launcher.runner_failure(1, b"Error: something else\n", incus="incus", vm_name="v")
     assert (err.exit_code, err.hop) == (125, "runner")
     assert "something else" in str(err)
+
+
+def test_config_doctor_checks_every_tool_the_vm_scripts_run():
+    """A script that starts using an external tool must make config.doctor check for it."""
+    import re
+
+    from dapfab import bridge, curl, forward, terminal
+    from dapfab.doctor import LAUNCHER_TOOLS
+
+    scripts = [
+        launcher.BOOT, launcher.HELPER_BOOT, terminal.STAGE, terminal.UNSTAGE,
+        terminal.KEEP_GUARD, curl.curl_script(10, 10), forward.LISTENER_SH,
+        forward.reporting_forward_command("pod/web", 80), bridge.relay_command(80, 1),
+        forward.forward_dry_command("pod/web", 80),
+    ]
+    # coreutils, util-linux and friends a script might reach for (bash builtins excluded)
+    candidates = ("head tail cat rm mktemp touch stat sleep readlink wc tr cut ls find grep "
+                  "sed awk sort uniq tee dd mkdir chmod ln mv cp date base64 sha256sum xargs "
+                  "unshare setsid nsenter timeout env id stty socat python3 perl").split()
+    used = {tool for tool in candidates for script in scripts
+            if re.search(rf"(?<![\w.$-]){re.escape(tool)}(?![\w.-])", script)}
+    assert used - {"kubectl", "curl"} <= set(LAUNCHER_TOOLS), sorted(used - set(LAUNCHER_TOOLS))
+    assert {"unshare", "head", "touch", "stat", "sleep", "readlink"} <= used  # the scan works

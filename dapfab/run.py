@@ -18,6 +18,14 @@ if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
 
 
+def show_reference(reference: str, *, dry: bool, echo: bool) -> bool:
+    """Print the reference command for ``dry`` (stdout) or ``echo`` (stderr); whether the
+    caller must run nothing (``dry``). The one place where ``--dry``/``--echo`` print."""
+    if dry or echo:
+        print(reference, file=sys.stdout if dry else sys.stderr, flush=True)
+    return dry
+
+
 def run_in_runner(
     config: RunnerConfig,
     command: str,
@@ -44,10 +52,7 @@ def run_in_runner(
 
     if timeout is not None:
         timeout = validate_seconds(timeout, what="timeout")
-    reference = incus_command(config, command, pty=pty)
-    if echo or dry:
-        print(reference, file=sys.stdout if dry else sys.stderr, flush=True)
-    if dry:
+    if show_reference(incus_command(config, command, pty=pty), dry=dry, echo=echo):
         return Result(command=command, exited=0)
     if pty:
         from dapfab.terminal import run_with_pty

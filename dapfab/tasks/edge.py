@@ -191,9 +191,8 @@ def run_options(c: Context) -> dict[str, bool]:
 
 
 def announce(c: Context, reference: str) -> bool:
-    """Print ``reference`` for ``--dry`` (stdout) or ``--echo`` (stderr); True if dry, when
-    the task must run nothing."""
-    options = run_options(c)
-    if options["dry"] or options["echo"]:
-        print(reference, file=sys.stdout if options["dry"] else sys.stderr, flush=True)
-    return options["dry"]
+    """Print ``reference`` for Invoke's ``--dry`` or ``--echo``
+    (:func:`dapfab.run.show_reference`); True if dry, when the task must run nothing."""
+    from dapfab.run import show_reference
+
+    return show_reference(reference, **run_options(c))

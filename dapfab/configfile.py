@@ -149,7 +149,8 @@ def _dump(yaml: Any, document: Any) -> str:
 
 def own_target(path: Path) -> Path:
     """The real path of ``path``, resolved one link at a time; ConfigError (exit 2) for a
-    link owned by someone other than this user or root, or a file owned by another user."""
+    link owned by someone other than this user or root. (Whose the file itself is, is
+    checked on the descriptor it is read through: :func:`_read_at`.)"""
     uid = os.geteuid()
     resolved, pending, links = Path("/"), list(Path(os.path.abspath(path)).parts[1:]), 0
     while pending:
@@ -175,7 +176,6 @@ def own_target(path: Path) -> Path:
         link = Path(os.readlink(candidate))
         pending = list(link.parts[1:] if link.is_absolute() else link.parts) + pending
         resolved = Path("/") if link.is_absolute() else resolved
-    _check_owner(path, resolved, os.lstat(resolved))
     return resolved
 
 
@@ -183,10 +183,10 @@ def _joined(head: Path, rest: list[str]) -> Path:
     return head.joinpath(*rest) if rest else head
 
 
-def _check_owner(path: Path, target: Path, info: os.stat_result) -> None:
+def _check_owner(target: Path, info: os.stat_result) -> None:
     if info.st_uid != os.geteuid():
         raise ConfigError(
-            f"refusing {path}: {target} belongs to another user (uid {info.st_uid})",
+            f"refusing {target}: it belongs to another user (uid {info.st_uid})",
             hint="write your own file with --path, or --user",
         )
 
@@ -222,7 +222,7 @@ def _read_at(directory: int, target: Path) -> str:
             f"cannot read {target}: {error.strerror}", hint="check the path and its permissions"
         ) from None
     with os.fdopen(fd, "rb") as stream:
-        _check_owner(target, target, os.fstat(stream.fileno()))
+        _check_owner(target, os.fstat(stream.fileno()))
         data = stream.read()
     try:
         return data.decode("utf-8")

@@ -595,6 +595,11 @@ class Lab:
                 found.append((pid, argv))
         return found
 
+    def running(self, host: str, word: str) -> bool:
+        """Whether a process in ``host`` (in the runner: dapfab's nested PID namespaces too)
+        has ``word`` in its command line."""
+        return any(word in " ".join(argv) for _, argv in self.processes(host, nested=True))
+
     def pids(self, host: str) -> list[int]:
         """PIDs of :meth:`processes`."""
         return [pid for pid, _ in self.processes(host)]

@@ -31,10 +31,6 @@ def flood(runner_config):
     install_kubectl_plugins(runner_config, PLUGINS)
 
 
-def _remote_running(lab, word: str) -> bool:
-    return any(word in " ".join(argv) for _, argv in lab.processes("runner", nested=True))
-
-
 def _pipeline(lab, writer: list[str], reader: str) -> tuple[int, int, bytes, bytes]:
     """Run `WRITER | READER` in bash: both exit codes, the reader's output, WRITER's stderr."""
     env = {**os.environ, **lab.env()}
@@ -69,7 +65,7 @@ def test_logs_follow_into_grep_m1_exits_when_grep_does_and_stops_kubectl(lab):
     assert time.monotonic() - started < 30, "dapfab did not exit after grep left"
     assert b"listening" in out and grep_code == 0, out
     assert (code, err) == (141, b"")  # silent, as a pipeline member killed by SIGPIPE
-    wait_until(lambda: not _remote_running(lab, "logs -f"), 20, "kubectl logs -f gone in the VM")
+    wait_until(lambda: not lab.running("runner", "logs -f"), 20, "kubectl logs -f gone in the VM")
 
 
 def test_head_c_20_of_256_mib_gets_its_bytes_and_stops_the_writer(lab, flood):
@@ -78,7 +74,7 @@ def test_head_c_20_of_256_mib_gets_its_bytes_and_stops_the_writer(lab, flood):
     )
     assert out == b"x" * 20
     assert (code, err) == (141, b"")
-    wait_until(lambda: not _remote_running(lab, "sleep 300"), 20, "the plugin gone in the VM")
+    wait_until(lambda: not lab.running("runner", "sleep 300"), 20, "the plugin gone in the VM")
 
 
 def test_closed_stderr_ends_dapfab_too(lab, flood):
@@ -91,7 +87,7 @@ def test_closed_stderr_ends_dapfab_too(lab, flood):
         cwd=REPO, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=90,
     )
     assert done.stdout.strip() == b"141"
-    wait_until(lambda: not _remote_running(lab, "sleep 300"), 20, "the plugin gone in the VM")
+    wait_until(lambda: not lab.running("runner", "sleep 300"), 20, "the plugin gone in the VM")
 
 
 def test_python_caller_whose_stdout_is_a_closed_pipe_gets_output_closed(lab, flood):
@@ -108,4 +104,4 @@ def test_python_caller_whose_stdout_is_a_closed_pipe_gets_output_closed(lab, flo
     code, _, out, err = _pipeline(lab, [sys.executable, "-c", program], "head -c 20")
     assert out == b"x" * 20
     assert b"raised OutputClosed" in err, err
-    wait_until(lambda: not _remote_running(lab, "sleep 300"), 20, "the plugin gone in the VM")
+    wait_until(lambda: not lab.running("runner", "sleep 300"), 20, "the plugin gone in the VM")

@@ -28,12 +28,6 @@ def helpers(lab) -> list[int]:
             and argv[0] == "unshare"]
 
 
-def runner_has(lab, word: str) -> bool:
-    """Whether a process in the runner (dapfab's nested PID namespaces included) has
-    ``word`` in its command line."""
-    return any(word in " ".join(argv) for _, argv in lab.processes("runner", nested=True))
-
-
 @pytest.fixture
 def no_pool():
     """This process's connections closed before and after: no idle helper carries over."""
@@ -55,7 +49,7 @@ def test_sequential_calls_share_one_helper(lab, runner_config, no_pool):
 def test_each_command_gets_a_fresh_login_shell_and_its_leftovers_die(lab, runner_config, no_pool):
     run_in_runner(runner_config, "export DAPFAB_LEAK=1; sleep 4242 & echo started", hide=True)
     assert run_in_runner(runner_config, 'echo "[${DAPFAB_LEAK-}]"', hide=True).stdout == "[]\n"
-    wait_until(lambda: not runner_has(lab, "sleep 4242"), timeout=5, what="the leftover sleep gone")
+    wait_until(lambda: not lab.running("runner", "sleep 4242"), timeout=5, what="the leftover sleep gone")
 
 
 def test_output_that_looks_like_a_marker_arrives_exactly(runner_config, no_pool):
@@ -111,7 +105,7 @@ def test_a_helper_killed_during_the_command_is_reported_as_the_runner_hop(lab, r
     run_in_runner(runner_config, "true", hide=True)
     (pid,) = wait_until(lambda: helpers(lab), what="an idle helper")
     def kill_once_it_runs() -> None:
-        wait_until(lambda: runner_has(lab, "sleep 30"), what="the command running")
+        wait_until(lambda: lab.running("runner", "sleep 30"), what="the command running")
         os.kill(pid, signal.SIGKILL)
 
     killer = threading.Thread(target=kill_once_it_runs)
@@ -122,7 +116,7 @@ def test_a_helper_killed_during_the_command_is_reported_as_the_runner_hop(lab, r
     finally:
         killer.join()
     assert "helper" in str(caught.value)
-    wait_until(lambda: not runner_has(lab, "sleep 30"), timeout=5, what="the command gone")
+    wait_until(lambda: not lab.running("runner", "sleep 30"), timeout=5, what="the command gone")
 
 
 def test_idle_helpers_end_with_their_process_even_a_frozen_one(lab, runner_config, no_pool):

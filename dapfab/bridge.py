@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import select
 import socket
 import threading
 import time
@@ -274,8 +275,6 @@ class LaptopBridge:
         return self.laptop_port
 
     def _accept(self) -> None:
-        import select
-
         while not self.closed.is_set():
             try:
                 ready, _, _ = select.select(self._listeners, [], [], 0.25)
@@ -290,11 +289,13 @@ class LaptopBridge:
 
     def _serve(self, sock: socket.socket) -> None:
         """Relay one accepted laptop connection, or close it at once while the forward is down."""
-        listener = self.listener() if self.listener is not None else None
-        if self.listener is not None and listener is None:
-            log.debug("forward down: closed a laptop connection at once")
-            sock.close()
-            return
+        listener = None
+        if self.listener is not None:
+            listener = self.listener()
+            if listener is None:
+                log.debug("forward down: closed a laptop connection at once")
+                sock.close()
+                return
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):

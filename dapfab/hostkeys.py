@@ -37,8 +37,9 @@ def known_hosts_name(hostname: str, port: int) -> str:
     return hostname if port == 22 else f"[{hostname}]:{port}"
 
 
-def _hashed(name: str) -> str:
-    salt = os.urandom(20)
+def _hashed(name: str, salt: bytes | None = None) -> str:
+    """OpenSSH's hashed form of a known_hosts name (``|1|salt|hmac``); a fresh salt if none."""
+    salt = os.urandom(20) if salt is None else salt
     mac = hmac.new(salt, name.encode(), hashlib.sha1).digest()
     return f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(mac).decode()}"
 
@@ -138,11 +139,10 @@ def host_patterns_match(patterns: str, name: str) -> bool:
     ``?``, where a matching ``!pattern`` excludes the name outright; or one hashed name."""
     if patterns.startswith("|1|"):
         try:
-            _, _, salt, digest = patterns.split("|")
-            mac = hmac.new(base64.b64decode(salt), name.encode(), hashlib.sha1).digest()
-            return hmac.compare_digest(base64.b64encode(mac).decode(), digest)
-        except (ValueError, TypeError):
+            salt = base64.b64decode(patterns.split("|")[2])
+        except (IndexError, ValueError):
             return False
+        return hmac.compare_digest(_hashed(name, salt).encode(), patterns.encode())
     positive = False
     for pattern in patterns.split(","):
         negated = pattern.startswith("!")

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from dapfab.commands import validate_port
 from dapfab.errors import ConfigError
-from dapfab.forward import LISTENER_SH
+from dapfab.remote import scripts
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
@@ -53,14 +53,13 @@ RELAY_NOT_OURS = 112  # the runner port is held by a socket other than the forwa
 
 
 def relay_command(port: int, listener: int | None = None) -> str:
-    """Shell code for the VM: carry stdin to 127.0.0.1:``port`` and its answers to stdout;
-    with ``listener``, only if that socket (inode) listens there before and after connecting."""
-    port = validate_port(port)
-    connect = f"exec 3<>/dev/tcp/127.0.0.1/{port} || exit {RELAY_REFUSED}\n"
-    if listener is not None:
-        check = f'[ "$(listener {port})" = {int(listener)} ] || exit {RELAY_NOT_OURS}\n'
-        connect = LISTENER_SH + "\n" + check + connect + check
-    return connect + "cat <&0 >&3 &\nexec cat <&3\n"
+    """Shell code for the VM (``sh/relay.sh``): carry stdin to 127.0.0.1:``port`` and its
+    answers to stdout; with ``listener``, only if that socket (inode) listens there before
+    and after connecting."""
+    inode = "" if listener is None else int(listener)
+    return scripts.program(
+        "relay", validate_port(port), inode, RELAY_REFUSED, RELAY_NOT_OURS, libraries=("listener",)
+    )
 
 
 class _SocketReader:

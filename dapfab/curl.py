@@ -5,7 +5,7 @@ The URL, method, headers and options form a curl config that travels on the comm
 stdin, followed by the body: the VM script hands curl the config through a pipe
 (``--config <(head -c N)``) and the rest of stdin as the body (``--data-binary @-``). The
 body comes back on stdout exactly as curl wrote it; curl's own messages come on stderr,
-then :data:`MARKER`, curl's exit code and the ``--dump-header`` block, which went through a
+then the ``curl`` marker (:mod:`dapfab.remote.protocol`), curl's exit code and the ``--dump-header`` block, which went through a
 pipe into shell memory, so the status is parsed from the header block, never from the body.
 
 Headers mean what they mean to ``curl -H``: ``Name: value`` is sent as given (spaces
@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING
 
 from dapfab.commands import validate_seconds, validate_url
 from dapfab.errors import ConfigError, CurlError
+from dapfab.remote import protocol, scripts
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
 
 DEFAULT_TIMEOUT = 30.0
-MARKER = b"\x00dapfab-curl "
 _METHOD = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _HEADER_PARTS = re.compile(r"([^:;]*)([:;])(.*)", re.S)
@@ -159,22 +159,14 @@ def curl_config(url: str, **request: object) -> bytes:
 
 
 def curl_script(config_size: int, body_size: int | None) -> str:
-    """Shell code for the VM: curl with its config and body from stdin; report headers.
+    """Shell code for the VM (``sh/curl.sh``): curl with its config and body from stdin.
 
-    Only sizes appear in it, and nothing is written to a file: the config comes through a
-    pipe, the body is curl's stdin, the header dump goes through a pipe into a shell
-    variable. stdout: the body as curl wrote it. stderr: curl's own error text, then
-    :data:`MARKER`, ``<curl exit code>\\n`` and the header dump.
+    Only sizes appear in it, and nothing is written to a file. stdout: the body as curl
+    wrote it. stderr: curl's own error text, then the ``curl`` marker with curl's exit
+    code, and the header dump.
     """
-    data = " --data-binary @-" if body_size is not None else ""
-    return (
-        "exec 4>&1\n"
-        f'headers=$(curl --config <(head -c {int(config_size)}) --dump-header /dev/fd/5{data}'
-        " 5>&1 >&4 4>&-)\n"
-        "code=$?\n"
-        "printf '\\0dapfab-curl %d\\n%s' \"$code\" \"$headers\" >&2\n"
-        'exit "$code"\n'
-    )
+    body = "" if body_size is None else int(body_size)
+    return scripts.program("curl", int(config_size), body)
 
 
 def curl_dry_argv(url: str, *, body_size: int | None = None, **request: object) -> list[str]:
@@ -219,15 +211,15 @@ def parse_headers(block: bytes) -> tuple[int, list[tuple[str, str]]]:
 
 def split_stderr(stderr: bytes) -> tuple[bytes, int | None, bytes]:
     """``(curl's own stderr, curl exit code, header dump)`` from the command's stderr."""
-    at = stderr.rfind(MARKER)
-    if at < 0:
+    found = protocol.last_marker(stderr, "curl")
+    if found is None:
         return stderr, None, b""
-    head, _, rest = stderr[at + len(MARKER) :].partition(b"\n")
+    before, fields, dump = found
     try:
-        code = int(head)
+        (code,) = fields
+        return before, int(code), dump
     except ValueError:
         return stderr, None, b""
-    return stderr[:at], code, rest
 
 
 def runner_curl(

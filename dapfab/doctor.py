@@ -27,15 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 from dapfab.errors import DapError, DapTimeout, SSHError, shown
 from dapfab.quoting import join, quote
+from dapfab.remote import scripts
+from dapfab.remote.incus import client_words, exec_argv
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
 
-# Tools the remote launcher (dapfab.launcher) and the pty path (dapfab.terminal) run in the VM.
-# Every external tool the shell that dapfab sends to the VM runs (launcher, helper, pty
-# session, curl, forward and relay scripts); tests/unit/test_launcher.py scans those scripts
-# and fails if one uses a tool missing here.
-LAUNCHER_TOOLS = ("unshare", "head", "mktemp", "cat", "rm", "touch", "stat", "sleep", "readlink")
+# Tools with a check of their own (with its own exit code and fix).
+OWN_CHECKS = ("curl",)
 REMOTE_TIMEOUT = 30.0  # seconds for one doctor command on mgmt or in the VM
 API_TIMEOUT = 5  # kubectl --request-timeout for the API server check
 
@@ -185,8 +184,10 @@ def check_shell(config: RunnerConfig) -> Check:
                   "give the SSH user a POSIX login shell (sh, bash, dash, zsh)", 125)
 
 
-def incus_words(config: RunnerConfig) -> list[str]:
-    return [config.incus] + (["--project", config.project] if config.project else [])
+def launcher_tools() -> tuple[str, ...]:
+    """Every external tool dapfab's VM scripts declare (``# tools:``), less those checked
+    on their own."""
+    return tuple(tool for tool in scripts.tools_needed() if tool not in OWN_CHECKS)
 
 
 def check_incus(config: RunnerConfig) -> Check:
@@ -199,7 +200,7 @@ def check_incus(config: RunnerConfig) -> Check:
 
 
 def check_vm(config: RunnerConfig) -> Check:
-    code, out, err = on_mgmt(config, join([*incus_words(config), "info", config.vm_name]))
+    code, out, err = on_mgmt(config, join([*client_words(config), "info", config.vm_name]))
     status = ""
     for line in out.splitlines():
         if line.strip().lower().startswith("status:"):
@@ -216,8 +217,7 @@ def check_vm(config: RunnerConfig) -> Check:
 
 def in_vm_directly(config: RunnerConfig, code: str) -> tuple[int, str, str]:
     """``incus exec VM -T -- bash -lc CODE`` without the launcher (to test what it needs)."""
-    words = [*incus_words(config), "exec", config.vm_name, "-T", "--", "bash", "-lc", code]
-    return on_mgmt(config, join(words))
+    return on_mgmt(config, join(exec_argv(config, ["bash", "-lc", code])))
 
 
 def check_bash(config: RunnerConfig) -> Check:
@@ -230,11 +230,12 @@ def check_bash(config: RunnerConfig) -> Check:
 
 
 def check_tools(config: RunnerConfig) -> Check:
-    probe = "for t in " + " ".join(LAUNCHER_TOOLS) + '; do command -v "$t" >/dev/null || printf "%s " "$t"; done'
+    tools = launcher_tools()
+    probe = "for t in " + " ".join(tools) + '; do command -v "$t" >/dev/null || printf "%s " "$t"; done'
     code, out, err = in_vm_directly(config, probe)
     missing = out.split()
     if code == 0 and not missing:
-        return passed(TOOLS, " ".join(LAUNCHER_TOOLS))
+        return passed(TOOLS, " ".join(tools))
     if code != 0:
         return failed(TOOLS, f"could not look for the tools (exit {code}: {_last_line(err)})",
                       "check bash and the VM's login PATH", 125)

@@ -2,7 +2,7 @@
 :func:`run_command` (the public entry points are in :mod:`dapfab.run`).
 
 Every command is a :class:`RemoteProcess`: one SSH session channel on a pooled connection,
-running the remote launcher (:mod:`dapfab.launcher`). Output streams as it arrives in large
+running the remote launcher (:mod:`dapfab.remote.launcher`). Output streams as it arrives in large
 chunks and is captured (linearly) only where ``hide`` keeps it off the terminal; stdin is
 sent in large frames; a heartbeat keeps the remote side alive while the caller is.
 """
@@ -23,8 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
-from dapfab import launcher
+from dapfab.connection import POOL, Pool
 from dapfab.errors import DapError, DapTimeout, OutputClosed, RunnerError
+from dapfab.remote import launcher
+from dapfab.remote.incus import EXIT_ERROR_LINES, runner_failure
+from dapfab.remote.protocol import MarkerScanner
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
@@ -76,23 +79,35 @@ class Result:
 
 
 class _Heartbeats(threading.Thread):
-    """One thread per process that tells every running remote launcher the caller is alive."""
+    """One thread per process that tells every running remote launcher, and every idle
+    helper of the pools in use, that the caller is alive."""
 
     def __init__(self) -> None:
         super().__init__(name="dapfab-heartbeat", daemon=True)
         self.processes: set[RemoteProcess] = set()
+        self.pools: set[Pool] = set()
         self.lock = threading.Lock()
+
+    def add(self, process: RemoteProcess) -> None:
+        """Keep ``process`` (and its pool's idle helpers) alive until :meth:`discard`."""
+        with self.lock:
+            self.processes.add(process)
+            self.pools.add(process.pool)
+
+    def discard(self, process: RemoteProcess) -> None:
+        """Stop the heartbeats of ``process`` (its pool's idle helpers keep theirs)."""
+        with self.lock:
+            self.processes.discard(process)
 
     def run(self) -> None:
         while True:
             time.sleep(launcher.HEARTBEAT_INTERVAL)
             with self.lock:
-                processes = list(self.processes)
+                processes, pools = list(self.processes), list(self.pools)
             for process in processes:
                 process.heartbeat()
-            from dapfab.connection import POOL
-
-            POOL.send_idle(launcher.HEARTBEAT_FRAME)
+            for pool in pools:
+                pool.send_idle(launcher.HEARTBEAT_FRAME)
 
 
 _HEARTBEATS: _Heartbeats | None = None
@@ -146,45 +161,131 @@ def _read_chunk(stream: Any) -> bytes:
     return data.encode() if isinstance(data, str) else data
 
 
-class _EndScanner:
-    """Passes a helper command's output on until the helper's end marker for it.
+class _OneShot:
+    """Strategy: the command gets a channel of its own running the one-shot launcher
+    (``sh/boot.sh``), with stdin streamed in frames; the SSH exit status is its exit code."""
 
-    The marker starts with a NUL, so only a tail that starts with a NUL and with the
-    marker's first bytes is kept back until the next chunk; what follows the marker is kept
-    in ``after``.
-    """
+    def __init__(self, process: RemoteProcess) -> None:
+        self.process = process
+        self.fresh = True
+        self._session: Any = None
 
-    def __init__(self, marker: bytes, sink: Sink) -> None:
-        self.marker = marker
-        self.sink = sink
-        self.held = b""
-        self.after: bytes | None = None
+    def open(self) -> tuple[Any, Any]:
+        """A link and a new channel for the command."""
+        self._session = self.process.pool.session(self.process.config)
+        return self._session.__enter__()
 
-    def feed(self, data: bytes) -> bool:
-        """Take the next chunk; True once the marker has been seen."""
-        if self.after is not None:
-            self.after += data
-            return True
-        if self.held:
-            data, self.held = self.held + data, b""
-        at = data.find(self.marker)
-        if at >= 0:
-            if at:
-                self.sink(data[:at])
-            self.after = data[at + len(self.marker) :]
-            return True
-        tail = data.find(b"\0", max(0, len(data) - len(self.marker) + 1))
-        while tail >= 0 and not self.marker.startswith(data[tail:]):
-            tail = data.find(b"\0", tail + 1)
-        if tail >= 0:
-            data, self.held = data[:tail], data[tail:]
-        if data:
-            self.sink(data)
+    def launch(self) -> bytes:
+        """Start the launcher and send it the command; the prefix expected on stdout."""
+        process = self.process
+        process.channel.exec_command(launcher.launch_command(process.config))
+        try:
+            process._send(launcher.command_frame(process.command))
+            if process.in_stream is None:
+                process._send(launcher.EOF_FRAME)
+        except OSError as exc:
+            # The exec ended before reading its command (incus missing, VM gone): wait()
+            # reports that hop from the exit status and stderr.
+            log.debug("command not sent, channel closed: %s", exc)
+        return launcher.STARTED
+
+    @property
+    def streams_stdin(self) -> bool:
+        """Whether a pump streams the caller's stdin to the command."""
+        return self.process.in_stream is not None
+
+    def stdout(self, data: bytes) -> bool:
+        """Pass the command's stdout on; True when the command's output is complete."""
+        self.process.on_stdout(data)
         return False
 
+    def stderr(self, data: bytes) -> bool:
+        """Pass the command's stderr on; True when the command's output is complete."""
+        self.process._emit_stderr(data)
+        return False
+
+    def done(self) -> threading.Event:
+        """Set once the command's outcome is known."""
+        return self.process.channel.status_event
+
+    def exit_code(self) -> int | None:
+        """The exit code the protocol reported, or None to read the channel's exit status."""
+        return None
+
+    def release(self) -> None:
+        """Give the channel back (a helper's stays with the pool if it finished cleanly)."""
+        if self._session is not None:
+            session, self._session = self._session, None
+            session.__exit__(None, None, None)
+
+
+class _OnHelper(_OneShot):
+    """Strategy: the command and its whole stdin go as one request to a reusable helper
+    (``sh/helper.sh``) on an idle channel, or on a new one; end markers carry the exit code."""
+
+    def __init__(self, process: RemoteProcess, stdin: bytes, *, idle: bool) -> None:
+        super().__init__(process)
+        self.stdin = stdin
+        self.idle = idle
+        self.lease: Any = None
+        self.ends: tuple[MarkerScanner, MarkerScanner] | None = None
+        self.ended = threading.Event()  # both output pumps are past the end markers
+        self._launched = 0.0
+
+    def open(self) -> tuple[Any, Any]:
+        self._session = self.process.pool.helper(self.process.config, idle=self.idle)
+        self.lease = self._session.__enter__()
+        self.fresh = self.lease.fresh
+        return self.lease.link, self.lease.channel
+
+    def launch(self) -> bytes:
+        process = self.process
+        prefix = b""
+        if self.fresh:
+            self._launched = time.monotonic()
+            process.channel.exec_command(launcher.launch_command(process.config, helper=True))
+            prefix = launcher.STARTED
+        nonce = secrets.token_hex(8)
+        out, err = launcher.end_markers(nonce)
+        self.ends = (MarkerScanner(out, process.on_stdout), MarkerScanner(err, process.on_stderr))
+        try:
+            process._send(launcher.request_frame(process.command, self.stdin, nonce))
+        except OSError as exc:
+            log.debug("request not sent, channel closed: %s", exc)
+        return prefix + launcher.begin_marker(nonce)
+
+    @property
+    def streams_stdin(self) -> bool:
+        return False
+
+    def started(self) -> None:
+        """The prefix arrived: record how long a new helper took to start."""
+        if self.fresh:
+            self.process.link.helper_start = time.monotonic() - self._launched
+
+    def stdout(self, data: bytes) -> bool:
+        return self.ends[0].feed(data) and b"\n" in self.ends[0].after
+
+    def stderr(self, data: bytes) -> bool:
+        return self.ends[1].feed(data)
+
+    def done(self) -> threading.Event:
+        return self.ended
+
+    def exit_code(self) -> int | None:
+        out, err = self.ends
+        if err.after is not None and b"\n" in (out.after or b""):
+            self.lease.keep = True
+            return int(out.after.split(b"\n", 1)[0])
+        return None
 
 class RemoteProcess:
-    """One command running in the VM through the launcher; the building block of every call.
+    """One command running in the VM; the building block of every call.
+
+    The command runs either on the one-shot launcher (:class:`_OneShot`) or, with
+    ``reuse`` and a stdin known up front, on a reusable helper (:class:`_OnHelper`); both
+    share the output pumps, the heartbeat and the error reporting here. Connections come
+    from ``pool`` (the process-wide :data:`~dapfab.connection.POOL` by default).
 
     Use as a context manager: on exit, however it exits, the remote process tree is killed
     (if still running) and gone before ``__exit__`` returns.
@@ -199,10 +300,11 @@ class RemoteProcess:
         on_stderr: Sink,
         in_stream: Any = None,
         reuse: bool = False,
+        pool: Pool | None = None,
     ) -> None:
         self.config = config
-        self.reuse = reuse
         self.command = command
+        self.pool = pool if pool is not None else POOL
         self.sinks = (on_stdout, on_stderr)
         self.on_stdout = self._guarded(on_stdout, "stdout")
         self.on_stderr = self._guarded(on_stderr, "stderr")
@@ -211,13 +313,13 @@ class RemoteProcess:
         self.output_error: DapError | None = None
         self.in_stream = in_stream
         self._send_lock = threading.Lock()
-        self._stderr_tail = bytearray()
-        self._stderr_at_line_start = True
-        self._session: Any = None
+        self._pumps_lock = threading.Lock()
+        helper_stdin = self._helper_stdin() if reuse else None
+        self.strategy: _OneShot = (
+            _OneShot(self) if helper_stdin is None else _OnHelper(self, helper_stdin, idle=True)
+        )
         self.link: Any = None
         self.channel: Any = None
-        self._helper_input: bytes | None = None  # stdin sent with a helper request
-        self._pumps_lock = threading.Lock()
         self._new_attempt()
 
     def _new_attempt(self) -> None:
@@ -226,61 +328,25 @@ class RemoteProcess:
         self.finished = False
         self._prefix = launcher.STARTED
         self._early_stderr = bytearray()
+        self._stderr_tail = bytearray()
+        self._stderr_at_line_start = True
         self._threads: list[threading.Thread] = []
-        self._lease: Any = None  # set when the command runs on a helper
-        self._ends: tuple[_EndScanner, _EndScanner] | None = None
-        self._ended = threading.Event()  # both output pumps are done
         self._pumps_running = 2
 
     # -- lifecycle ---------------------------------------------------------------------
-    def start(self, *, idle: bool = True) -> RemoteProcess:
-        """Open a channel (or take an idle helper's, if ``idle``), start the launcher and
-        send it the command."""
-        from dapfab.connection import POOL
-
-        if self.reuse and self._helper_input is None:
-            self._helper_input = self._helper_stdin()
-        stdin = self._helper_input
-        if stdin is None:
-            self._session = POOL.session(self.config)
-            self.link, self.channel = self._session.__enter__()
-        else:
-            self._session = POOL.helper(self.config, idle=idle)
-            self._lease = self._session.__enter__()
-            self.link, self.channel = self._lease.link, self._lease.channel
+    def start(self) -> RemoteProcess:
+        """Take a channel, start the launcher or helper there and send it the command."""
+        self.link, self.channel = self.strategy.open()
         try:
-            cfg = self.config
-            fresh = self._lease is None or self._lease.fresh
-            if fresh:
-                self._launched = time.monotonic()
-                self.channel.exec_command(launcher.launch_command(
-                    cfg.incus, cfg.vm_name, cfg.project, helper=self._lease is not None
-                ))
-            self._prefix = launcher.STARTED if fresh else b""
-            try:
-                if stdin is not None:
-                    nonce = secrets.token_hex(8)
-                    out, err = launcher.end_markers(nonce)
-                    self._ends = (_EndScanner(out, self.on_stdout), _EndScanner(err, self.on_stderr))
-                    self._prefix += launcher.begin_marker(nonce)
-                    self._send(launcher.request_frame(self.command, stdin, nonce))
-                else:
-                    self._send(launcher.command_frame(self.command))
-                    if self.in_stream is None:
-                        self._send(launcher.EOF_FRAME)
-            except OSError as exc:
-                # The exec ended before reading its command (incus missing, VM gone):
-                # wait() reports that hop from the exit status and stderr.
-                log.debug("command not sent, channel closed: %s", exc)
-            for target in (self._pump_stdout, self._pump_stderr) + (
-                (self._pump_stdin,) if self.in_stream is not None and stdin is None else ()
-            ):
+            self._prefix = self.strategy.launch()
+            pumps = [self._pump_stdout, self._pump_stderr]
+            if self.strategy.streams_stdin:
+                pumps.append(self._pump_stdin)
+            for target in pumps:
                 thread = threading.Thread(target=target, daemon=True, name=target.__name__)
                 thread.start()
                 self._threads.append(thread)
-            hb = _heartbeats()
-            with hb.lock:
-                hb.processes.add(self)
+            _heartbeats().add(self)
         except BaseException:
             self._release()
             raise
@@ -327,7 +393,6 @@ class RemoteProcess:
             pass
         finally:
             self._send_lock.release()
-
     # -- output ------------------------------------------------------------------------
     def _guarded(self, sink: Sink, name: str) -> Sink:
         """``sink`` that records a failed write instead of killing the pump thread."""
@@ -356,7 +421,6 @@ class RemoteProcess:
 
     # -- pumps -------------------------------------------------------------------------
     def _pump_stdout(self) -> None:
-        marker = self._prefix
         head = b""
         while True:
             data = self.channel.recv(READ_SIZE)
@@ -366,29 +430,19 @@ class RemoteProcess:
                 self.link.nudge()
             if not self.started.is_set():
                 head += data
-                if len(head) < len(marker):
+                if len(head) < len(self._prefix):
                     continue
                 self.started.set()
-                if self._lease is not None and self._lease.fresh:
-                    self.link.helper_start = time.monotonic() - self._launched
-                if head.startswith(marker):
-                    data, head = head[len(marker) :], b""
-                    if not data:
-                        continue
-                else:  # cannot happen with a sane launcher
-                    data, head = head, b""
-            if self._ends is None:
-                self.on_stdout(data)
-            elif self._ends[0].feed(data) and b"\n" in self._ends[0].after:
+                if isinstance(self.strategy, _OnHelper):
+                    self.strategy.started()
+                # A launcher that printed something else cannot happen; pass it all on then.
+                cut = len(self._prefix) if head.startswith(self._prefix) else 0
+                data, head = head[cut:], b""
+                if not data:
+                    continue
+            if self.strategy.stdout(data):
                 break
         self._pump_done()
-
-    def _pump_done(self) -> None:
-        """Called by each output pump as it ends: at the end marker or at channel EOF."""
-        with self._pumps_lock:
-            self._pumps_running -= 1
-            if not self._pumps_running:
-                self._ended.set()
 
     def _pump_stderr(self) -> None:
         while True:
@@ -403,21 +457,26 @@ class RemoteProcess:
                 if not self.started.wait(0.05):
                     continue
                 data, self._early_stderr = bytes(self._early_stderr), bytearray()
-            if self._ends is None:
-                self._emit_stderr(data)
-            elif self._ends[1].feed(data):
+            if self.strategy.stderr(data):
                 break
         self._pump_done()
 
+    def _pump_done(self) -> None:
+        """Called by each output pump as it ends: at the end marker or at channel EOF."""
+        with self._pumps_lock:
+            self._pumps_running -= 1
+            if not self._pumps_running and isinstance(self.strategy, _OnHelper):
+                self.strategy.ended.set()
+
     def _emit_stderr(self, data: bytes) -> None:
         """Pass the command's stderr on, holding back a last line that may be the exec
-        server's own error for exit 126/127 (see :data:`launcher.EXIT_ERROR_LINES`)."""
+        server's own error for exit 126/127 (see :data:`EXIT_ERROR_LINES`)."""
         data = bytes(self._stderr_tail) + data
         cut = data.rfind(b"\n", 0, len(data) - 1) + 1
         if cut == 0 and not self._stderr_at_line_start:
             cut = len(data)
         last = data[cut:]
-        if any(line.startswith(last) for line in launcher.EXIT_ERROR_LINES.values()):
+        if any(line.startswith(last) for line in EXIT_ERROR_LINES.values()):
             self._stderr_tail, data = bytearray(last), data[:cut]
         else:
             self._stderr_tail = bytearray()
@@ -428,7 +487,7 @@ class RemoteProcess:
     def _finish_stderr(self, code: int) -> None:
         """Drop the exec server's error line that follows exit 126/127; flush anything else."""
         tail, self._stderr_tail = bytes(self._stderr_tail), bytearray()
-        if tail and tail != launcher.EXIT_ERROR_LINES.get(code):
+        if tail and tail != EXIT_ERROR_LINES.get(code):
             self.on_stderr(tail)
 
     def _pump_stdin(self) -> None:
@@ -444,28 +503,43 @@ class RemoteProcess:
 
     # -- completion --------------------------------------------------------------------
     def wait(self, timeout: float | None = None) -> int:
-        """Wait for the command; its exit code, or a DapError for a broken hop."""
-        helper = self._ends is not None
-        self._wait_for(self._ended if helper else self.channel.status_event, timeout)
-        for thread in self._threads[:2]:
-            thread.join(30.0)  # EOF follows the exit status; the marker may still be queued
-        self._check_output(running=False)
-        if helper and self._ends[1].after is not None and b"\n" in (self._ends[0].after or b""):
-            code = int(self._ends[0].after.split(b"\n", 1)[0])
-            self._lease.keep = True
-            self.finished = True
-            return code
-        code = self.channel.recv_exit_status()  # -1: none came (a signal, or a dead hop)
-        connected = self.link.transport.is_active()
-        if helper and connected and not self._lease.fresh and not self.started.is_set():
-            # An idle helper died before it began the command (the VM restarted, its exec
-            # client or processes were killed): the command never ran; run it on a new one.
+        """Wait for the command; its exit code, or a DapError for a broken hop.
+
+        A command sent to an idle helper that died before it began (the VM restarted, its
+        exec client was killed) never ran: it is sent once more, to a new helper.
+        """
+        while True:
+            self._wait_for(self.strategy.done(), timeout)
+            for thread in self._threads[:2]:
+                thread.join(30.0)  # EOF follows the exit status; the marker may still be queued
+            self._check_output(running=False)
+            code = self.strategy.exit_code()
+            if code is not None:
+                self.finished = True
+                return code
+            code = self.channel.recv_exit_status()  # -1: none came (a signal, a dead hop)
+            if not self._helper_never_began():
+                break
             log.debug("idle helper gone (exit %s); starting a new one", code)
             self._release()
+            self.strategy = _OnHelper(self, self.strategy.stdin, idle=False)
             self._new_attempt()
-            self.start(idle=False)
-            return self.wait(timeout)
-        if helper and connected and self.started.is_set():
+            self.start()
+        return self._channel_outcome(code)
+
+    def _helper_never_began(self) -> bool:
+        """Whether the command went to an idle helper that ended before beginning it."""
+        return (
+            isinstance(self.strategy, _OnHelper)
+            and not self.strategy.fresh
+            and not self.started.is_set()
+            and self.link.transport.is_active()
+        )
+
+    def _channel_outcome(self, code: int) -> int:
+        """The exit code from the channel's exit status ``code``, or the hop that broke."""
+        connected = self.link.transport.is_active()
+        if isinstance(self.strategy, _OnHelper) and connected and self.started.is_set():
             raise RunnerError(
                 f"the dapfab helper in VM {self.config.vm_name} ended during the command "
                 f"({f'exit {code}' if code >= 0 else 'killed'})",
@@ -477,9 +551,7 @@ class RemoteProcess:
             raise self.link.lost_error()
         if not self.started.is_set():
             cfg = self.config
-            raise launcher.runner_failure(
-                code, bytes(self._early_stderr), incus=cfg.incus, vm_name=cfg.vm_name
-            )
+            raise runner_failure(code, bytes(self._early_stderr), incus=cfg.incus, vm_name=cfg.vm_name)
         if self._early_stderr:
             self._emit_stderr(bytes(self._early_stderr))
             self._early_stderr.clear()
@@ -531,11 +603,8 @@ class RemoteProcess:
         self.finished = True
         hb = _HEARTBEATS
         if hb is not None:
-            with hb.lock:
-                hb.processes.discard(self)
-        if self._session is not None:
-            session, self._session = self._session, None
-            session.__exit__(None, None, None)
+            hb.discard(self)
+        self.strategy.release()
 
 
 def _hidden(hide: Any) -> tuple[bool, bool]:

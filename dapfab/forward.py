@@ -5,7 +5,7 @@ remote launcher (:class:`~dapfab.execution.RemoteProcess`), so it is tied to its
 the block ends (normally, by exception, Ctrl-C, or SIGTERM in the main thread) it is killed
 and gone before :func:`port_forward` returns; when this process dies, freezes or loses its
 link, the launcher in the VM stops hearing heartbeats and kills it within
-:data:`dapfab.launcher.HEARTBEAT_TIMEOUT` seconds.
+:data:`dapfab.remote.launcher.HEARTBEAT_TIMEOUT` seconds.
 
 Off the main thread no signal handler can be installed: Ctrl-C and SIGTERM reach the main
 thread only. If the main thread lets the process exit, daemon threads die without cleanup
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from dapfab.commands import kubectl_command, validate_port, validate_seconds
 from dapfab.errors import CommandError, ConfigError, DapError, DapTimeout, Interrupted
+from dapfab.remote import protocol, scripts
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
@@ -37,34 +38,7 @@ READY_TIMEOUT = 30.0
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 8.0
 _FORWARDING = re.compile(rb"Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)")
-_LISTENER = re.compile(rb"\0dapfab-listener ([0-9]*)\n")
 
-# Shell for the VM: `listener PORT` prints the inode of the socket listening on
-# 127.0.0.1:PORT, read from /proc/net/tcp (which every PID namespace of the VM shares); with
-# `held_here` it must also be held by a process of this PID namespace, i.e. by this launcher's
-# own kubectl. Relays compare it before and after connecting, so a connection is carried only
-# to the kubectl a forward started, never to another VM user's process on the same port.
-LISTENER_SH = r"""
-held_here() {
-  local fd
-  for fd in /proc/[0-9]*/fd/*; do
-    [ "$(readlink "$fd" 2>/dev/null)" = "socket:[$1]" ] && return 0
-  done
-  return 1
-}
-listener() {
-  local want1 want2 local st inode
-  printf -v want1 '0100007F:%04X' "$1"
-  printf -v want2 '7F000001:%04X' "$1"
-  while read -r _ local _ st _ _ _ _ _ inode _; do
-    [ "$st" = 0A ] && { [ "$local" = "$want1" ] || [ "$local" = "$want2" ]; } || continue
-    [ -z "$2" ] || held_here "$inode" || continue
-    printf %s "$inode"
-    return 0
-  done </proc/net/tcp
-  return 1
-}
-""".strip()
 _TARGET = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*(/[A-Za-z0-9][A-Za-z0-9.:-]*)?")
 
 EventSink = Callable[[str], None]
@@ -101,24 +75,13 @@ def reporting_forward_command(
     namespace: str | None = None,
     context: str | None = None,
 ) -> str:
-    """:func:`forward_command` whose output passes through a reader that, after kubectl's
-    ``Forwarding from`` line, prints ``\\0dapfab-listener <inode>`` (:data:`LISTENER_SH`).
-    The exit code is kubectl's."""
+    """:func:`forward_command` whose output passes through a reader (``sh/forward_report.sh``)
+    that, after kubectl's ``Forwarding from`` line, prints the ``listener`` marker with the
+    inode of kubectl's listening socket. The exit code is kubectl's."""
     command = forward_command(
         target, remote_port, local_port=local_port, namespace=namespace, context=context
     )
-    return (
-        LISTENER_SH
-        + "\nset -o pipefail\n"
-        + command
-        + " | while IFS= read -r line; do\n"
-        "  printf '%s\\n' \"$line\"\n"
-        "  case $line in 'Forwarding from 127.0.0.1:'*)\n"
-        "    port=${line#'Forwarding from 127.0.0.1:'}; port=${port%% *}\n"
-        "    printf '\\0dapfab-listener %s\\n' \"$(listener \"$port\" here)\" ;;\n"
-        "  esac\n"
-        "done\n"
-    )
+    return scripts.program("forward_report", command, libraries=("listener",))
 
 
 # What `--dry` shows for a forward: run by hand on the management host, nothing tells the
@@ -177,10 +140,11 @@ class _Attempt:
             return
         self.stdout += data
         port = parse_forwarding(bytes(self.stdout))
-        report = _LISTENER.search(self.stdout)
+        report = protocol.last_marker(bytes(self.stdout), "listener")
         if port is not None and report is not None:
             self.port = port
-            self.listener = int(report.group(1)) if report.group(1) else None
+            inode = report[1]
+            self.listener = int(inode[0]) if inode and inode[0].isdigit() else None
             self.ready.set()
 
     def _err(self, data: bytes) -> None:

@@ -3,7 +3,7 @@
 A pty would mangle the launcher's framed stdin, so the command is first staged through the
 ordinary launcher in a private directory in the VM (``mktemp -d``: a fresh 0700 directory,
 so no other VM user can plant, read or redirect anything inside it), and the pty session
-runs only ``bash -c UNSTAGE dapfab DIR`` (which reads and removes DIR/cmd, then runs it with
+runs only ``bash -c UNSTAGE dapfab DIR STALE`` (``sh/unstage.sh``, which reads and removes DIR/cmd, then runs it with
 ``bash -lc``): the management host's process list shows the directory name, never the
 command. The pty hangs up the remote side when the channel closes; for a laptop that freezes
 or a link that drops silently (no hangup), a companion command on the ordinary launcher
@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from dapfab.quoting import join
+from dapfab.remote import scripts
+from dapfab.remote.incus import exec_argv
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
@@ -39,23 +41,9 @@ GLOBAL_VALUE_FLAGS = {
     "--token", "--as", "--as-group", "--cache-dir", "--certificate-authority", "-v", "--v",
     "--request-timeout", "--tls-server-name", "--client-certificate", "--client-key",
 }
-STAGE = 'umask 077; d=$(mktemp -d -t dapfab.XXXXXXXXXX) && cat >"$d/cmd" && : >"$d/alive" && printf %s "$d"'
-# How stale the guard file may get before the pty session is killed, in seconds.
+# How stale DIR/alive may get before the pty session is killed, in seconds.
 GUARD_STALE = 5
 _STAGED = re.compile(r"/[^\0\n]*/dapfab\.[A-Za-z0-9]{10}")
-# The pty session: the command in a PID namespace of its own, and a watcher that kills it
-# when DIR/alive (touched every second by a heartbeat-bound companion command) goes stale;
-# the watcher removes DIR when the session ends.
-UNSTAGE = (
-    'd=$1; c=$(cat "$d/cmd"); rm -f "$d/cmd"; me=$$\n'
-    "(trap '' HUP; while sleep 1; do kill -0 $me 2>/dev/null || break; "
-    't=$(stat -c %Y "$d/alive" 2>/dev/null) || t=0; printf -v now "%(%s)T" -1; '
-    f"[ $((now - t)) -le {GUARD_STALE} ] || {{ kill -KILL $me; break; }}; "
-    'done; rm -rf "$d") </dev/null >/dev/null 2>&1 &\n'
-    'exec unshare --pid --mount-proc --fork --kill-child -- bash -lc "$c"'
-)
-# The companion: keeps DIR/alive fresh while dapfab's heartbeat keeps it alive.
-KEEP_GUARD = 'while touch -c -- "$0/alive" && [ -e "$0/alive" ]; do sleep 1; done'
 
 
 def wants_pty(args: Sequence[str]) -> bool:
@@ -104,29 +92,27 @@ def run_with_pty(config: RunnerConfig, command: str) -> Result:
     from dapfab.execution import RemoteProcess, Result, run_command
 
     staged = run_command(
-        config, STAGE, hide=True, in_stream=io.BytesIO(command.encode("utf-8", "surrogateescape"))
+        config, scripts.program("stage"), hide=True, in_stream=io.BytesIO(command.encode("utf-8", "surrogateescape"))
     ).stdout.strip()
     if not _STAGED.fullmatch(staged):
         raise RunnerError(
             f"could not stage the command in VM {config.vm_name} (mktemp said {staged[:80]!r})",
             hint="the VM needs coreutils and a writable temp directory",
         )
-    words = [config.incus] + (["--project", config.project] if config.project else [])
-    words += ["exec", config.vm_name, "-t", "--", "bash", "-c", UNSTAGE, "dapfab", staged]
+    unstage = ["bash", "-c", scripts.load("unstage").text, "dapfab", staged, str(GUARD_STALE)]
     size = shutil.get_terminal_size()
-    private = join([staged])
     guard = RemoteProcess(
         config,
-        f"exec bash -c {join([KEEP_GUARD])} {private}",
+        scripts.program("keep_guard", staged),
         on_stdout=lambda _: None,
         on_stderr=lambda _: None,
     )
     with guard, POOL.session(config) as (_link, channel):
         channel.get_pty(term=os.environ.get("TERM", "xterm"), width=size.columns, height=size.lines)
-        channel.exec_command(join(words))
+        channel.exec_command(join(exec_argv(config, unstage, pty=True)))
         code = _pump(channel)
     # The session's watcher removes the directory too, unless something killed it first.
-    run_command(config, f"rm -rf {private}", hide=True, in_stream=False)
+    run_command(config, f"rm -rf {join([staged])}", hide=True, in_stream=False)
     return Result(command, code)
 
 

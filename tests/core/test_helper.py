@@ -14,7 +14,7 @@ import pytest
 
 from dapfab import run_in_runner
 from dapfab.errors import RunnerError
-from dapfab.launcher import HELPER_STDIN_MAX
+from dapfab.remote.launcher import HELPER_STDIN_MAX
 from dapfab.testing.waiting import wait_until
 
 pytestmark = pytest.mark.lab
@@ -24,7 +24,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def helpers(lab) -> list[int]:
     """PIDs of the helpers running in the VM (their top process, as seen from the host)."""
-    return [pid for pid, argv in lab.processes("runner") if argv[-1:] == ["dapfab-helper"]
+    return [pid for pid, argv in lab.processes("runner") if argv[-3:-2] == ["dapfab-helper"]
             and argv[0] == "unshare"]
 
 
@@ -94,7 +94,7 @@ def test_an_idle_helper_whose_exec_client_was_killed_is_replaced(lab, runner_con
     """Killing the exec client on mgmt ends the session with a signal, not an exit status."""
     run_in_runner(runner_config, "true", hide=True)
     clients = wait_until(lambda: [pid for pid, argv in lab.processes("mgmt")
-                                  if "exec" in argv and argv[-1:] == ["dapfab-helper"]],
+                                  if "exec" in argv and argv[-3:-2] == ["dapfab-helper"]],
                          what="the helper's exec client on mgmt")
     for pid in clients:
         os.kill(pid, signal.SIGKILL)

@@ -21,7 +21,7 @@ def leftovers(lab: Any) -> dict[str, list[list[str]]]:
     """kubectl processes in the runner and exec clients on mgmt (what must never leak)."""
     everything = lab.processes("runner", nested=True)
     runner = [a for _, a in everything if any("kubectl" in w for w in a)]
-    runner += [a for _, a in everything if a[0] == "unshare" and a[-1] == "dapfab"]
+    runner += [a for _, a in everything if a[0] == "unshare" and a[-3:-2] == ["dapfab"]]
     mgmt = [a for _, a in lab.processes("mgmt") if "exec" in a and lab.vm_name in a]
     return {k: v for k, v in (("runner", runner), ("mgmt", mgmt)) if v}
 

@@ -20,10 +20,13 @@ ECHO, SOURCE = 9000, 9002
 MIB = 1 << 20
 
 
-def test_the_relay_uses_only_bash_and_cat():
-    assert relay_command(8080) == (
-        "exec 3<>/dev/tcp/127.0.0.1/8080 || exit 111\ncat <&0 >&3 &\nexec cat <&3\n"
-    )
+def test_the_relay_uses_only_bash_cat_and_readlink():
+    from dapfab.remote import scripts
+
+    assert (scripts.load("relay").tools, scripts.load("listener").tools) == (("cat",), ("readlink",))
+    code = relay_command(8080)
+    assert "\nset -- 8080 '' 111 112\n" in code and code.endswith("exec cat <&3\n")
+    assert "\nset -- 8080 4242 111 112\n" in relay_command(8080, 4242)
 
 
 def test_a_laptop_port_in_use_is_an_input_error(runner_config=None):

@@ -38,7 +38,7 @@ def test_dapfab_drops_only_the_servers_last_error_line(chunks, code, expected):
 
 @pytest.mark.parametrize("code", [127, 126])
 def test_the_servers_error_line_before_the_launcher_started_is_no_missing_vm(code):
-    from dapfab.launcher import EXIT_ERROR_LINES, runner_failure
+    from dapfab.remote.incus import EXIT_ERROR_LINES, runner_failure
 
     err = runner_failure(code, EXIT_ERROR_LINES[code], incus="lxc", vm_name="lab-runner")
     assert err.exit_code == 125

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from dapfab.launcher import EXIT_ERROR_LINES
+from dapfab.remote.incus import EXIT_ERROR_LINES
 from dapfab.testing import waiting
 from dapfab.testing.plugin import lab_unavailable
 

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import tempfile
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dapfab import launcher
-from dapfab.execution import _EndScanner
+from dapfab.remote import launcher, protocol, scripts
+from dapfab.remote.incus import runner_failure
+from dapfab.remote.protocol import MarkerScanner
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="unshare --pid needs root")
 
@@ -24,12 +29,15 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="unshare --pid needs r
 CLEAN_HOME = tempfile.mkdtemp(prefix="dapfab-launcher-home-")
 atexit.register(shutil.rmtree, CLEAN_HOME, True)
 VM_ENV = {"HOME": CLEAN_HOME, "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+# The heartbeat timeout is a parameter of the launcher: short here, so silence tests are quick.
+TIMEOUT = 2
+RUNNER = SimpleNamespace(incus="incus", project="proj", vm_name="vm1")
 
 
 def start(code: str) -> subprocess.Popen:
     proc = subprocess.Popen(
-        launcher.vm_argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=VM_ENV,
+        launcher.boot_argv(heartbeat_timeout=TIMEOUT), stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=VM_ENV,
     )
     proc.stdin.write(launcher.command_frame(code))
     proc.stdin.flush()
@@ -57,9 +65,28 @@ def test_frames_are_length_prefixed():
 
 
 def test_launch_command_shows_only_the_incus_invocation():
-    line = launcher.launch_command("incus", "vm1", "proj")
-    assert line.startswith("incus --project proj exec vm1 -- unshare --pid")
+    line = launcher.launch_command(RUNNER)
+    assert line.startswith("incus --project proj exec vm1 -T -- unshare --pid")
     assert "kubectl" not in line
+
+
+@pytest.mark.parametrize("helper", [False, True])
+def test_the_boot_program_sent_is_exactly_the_stripped_file(helper):
+    """What the management host's command line carries is the script less its comments."""
+    name = "helper" if helper else "boot"
+    source = (Path(scripts.__file__).parent / "sh" / f"{name}.sh").read_text()
+    argv = shlex.split(launcher.launch_command(RUNNER, helper=helper, heartbeat_timeout=7))
+    program = argv[argv.index("-c") + 1]
+    assert program == scripts.strip(source) == scripts.load(name).text
+    assert "#" in source and not any(line.lstrip().startswith("#") for line in program.splitlines())
+    assert "" not in [line.strip() for line in program.splitlines()]
+    assert argv[argv.index("-c") + 2 :] == ["dapfab-helper" if helper else "dapfab", "7",
+                                             str(launcher.INLINE_MAX)]
+
+
+def test_strip_drops_comment_and_blank_lines_only():
+    source = "#!/bin/bash\n# a comment\n\nx=1  \n  # indented comment\n  echo \"#not\" # tail\n"
+    assert scripts.strip(source) == 'x=1\n  echo "#not" # tail'
 
 
 @needs_root
@@ -107,7 +134,7 @@ def test_the_whole_tree_is_killed_when_the_caller_goes(how):
         proc.stdin.close()
         bound = 5
     else:  # no heartbeat: a frozen laptop or a dropped link
-        bound = launcher.HEARTBEAT_TIMEOUT + 8
+        bound = TIMEOUT + 8
     try:
         assert gone_within(marker, bound)
         assert proc.wait(5) != 0
@@ -118,33 +145,33 @@ def test_the_whole_tree_is_killed_when_the_caller_goes(how):
 
 @needs_root
 def test_heartbeats_keep_a_quiet_command_alive():
-    proc = start("sleep 14; echo done")
+    proc = start(f"sleep {TIMEOUT * 3}; echo done")
     proc.stdin.write(launcher.EOF_FRAME)
     proc.stdin.flush()
     deadline = time.monotonic() + 30
     while proc.poll() is None and time.monotonic() < deadline:
         proc.stdin.write(launcher.HEARTBEAT_FRAME)
         proc.stdin.flush()
-        time.sleep(launcher.HEARTBEAT_INTERVAL)
+        time.sleep(TIMEOUT / 4)
     assert proc.stdout.read() == launcher.STARTED + b"done\n"
     assert proc.wait(5) == 0
 
 
 def test_runner_failure_names_a_missing_vm():
-    err = launcher.runner_failure(
+    err = runner_failure(
         1, b'Error: Failed to fetch instance "nope" in project "default": Instance not found\n',
         incus="incus", vm_name="nope")
     assert err.exit_code == 125 and "not found" in err.message and "incus list" in err.hint
 
 
 def test_runner_failure_names_a_stopped_vm():
-    err = launcher.runner_failure(1, b"Error: Instance is not running\n", incus="incus",
+    err = runner_failure(1, b"Error: Instance is not running\n", incus="incus",
                                   vm_name="vm")
     assert err.exit_code == 125 and "not running" in err.message and "incus start vm" in err.hint
 
 
 def test_runner_failure_names_a_missing_incus_client():
-    err = launcher.runner_failure(127, b"bash: line 1: incus: command not found\n",
+    err = runner_failure(127, b"bash: line 1: incus: command not found\n",
                                   incus="incus", vm_name="vm")
     assert err.exit_code == 125 and "not installed" in err.message
 
@@ -158,17 +185,17 @@ def test_request_frame_carries_sizes_nonce_code_and_stdin():
 
 
 def test_helper_launch_command_differs_only_in_the_program():
-    plain = launcher.launch_command("incus", "vm1", None)
-    helper = launcher.launch_command("incus", "vm1", None, helper=True)
+    plain = launcher.launch_command(RUNNER)
+    helper = launcher.launch_command(RUNNER, helper=True)
     assert helper.startswith(plain.split(" bash -c ")[0])
-    assert helper.endswith("dapfab-helper") and "kubectl" not in helper
+    assert helper.endswith(f"dapfab-helper 10 {launcher.INLINE_MAX}") and "kubectl" not in helper
 
 
 @given(st.binary(max_size=300), st.lists(st.integers(1, 40), min_size=1, max_size=40))
 def test_scanner_passes_everything_before_the_marker_exactly(payload, cuts):
     stream = payload + MARK + b"3\n"
     out: list[bytes] = []
-    scanner = _EndScanner(MARK, out.append)
+    scanner = MarkerScanner(MARK, out.append)
     at, found = 0, False
     for size in cuts * (len(stream) // len(cuts) + 1):
         found = scanner.feed(stream[at : at + size]) or found
@@ -180,7 +207,7 @@ def test_scanner_passes_everything_before_the_marker_exactly(payload, cuts):
 
 def test_scanner_holds_back_only_a_possible_marker_start():
     out: list[bytes] = []
-    scanner = _EndScanner(MARK, out.append)
+    scanner = MarkerScanner(MARK, out.append)
     assert not scanner.feed(b"plain text")
     assert out == [b"plain text"]
     assert not scanner.feed(b"x\0dapfab-en")
@@ -193,8 +220,7 @@ class Helper:
     """HELPER_BOOT in a fresh PID namespace, fed one request at a time, as the laptop does."""
 
     def __init__(self) -> None:
-        argv = launcher.vm_argv()
-        argv[-2:] = [launcher.HELPER_BOOT, "dapfab-helper"]
+        argv = launcher.boot_argv(helper=True, heartbeat_timeout=TIMEOUT)
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, env=VM_ENV)
         assert os.read(self.proc.stdout.fileno(), len(launcher.STARTED)) == launcher.STARTED
@@ -273,29 +299,59 @@ def test_helper_stdin_is_exact_and_unread_stdin_is_drained(size):
 
 
 def test_an_unrecognised_incus_error_is_still_the_runner_hop():
-    err = launcher.runner_failure(1, b"Error: something else\n", incus="incus", vm_name="v")
+    err = runner_failure(1, b"Error: something else\n", incus="incus", vm_name="v")
     assert (err.exit_code, err.hop) == (125, "runner")
     assert "something else" in str(err)
 
 
-def test_config_doctor_checks_every_tool_the_vm_scripts_run():
-    """A script that starts using an external tool must make config.doctor check for it."""
-    import re
+# coreutils, util-linux and friends a script might reach for (bash builtins excluded)
+CANDIDATE_TOOLS = ("head tail cat rm mktemp touch stat sleep readlink wc tr cut ls find grep "
+                   "sed awk sort uniq tee dd mkdir chmod ln mv cp date base64 sha256sum xargs "
+                   "unshare setsid nsenter timeout env id stty socat python3 perl curl kubectl").split()
 
-    from dapfab import bridge, curl, forward, terminal
-    from dapfab.doctor import LAUNCHER_TOOLS
 
-    scripts = [
-        launcher.BOOT, launcher.HELPER_BOOT, terminal.STAGE, terminal.UNSTAGE,
-        terminal.KEEP_GUARD, curl.curl_script(10, 10), forward.LISTENER_SH,
-        forward.reporting_forward_command("pod/web", 80), bridge.relay_command(80, 1),
-        forward.forward_dry_command("pod/web", 80),
-    ]
-    # coreutils, util-linux and friends a script might reach for (bash builtins excluded)
-    candidates = ("head tail cat rm mktemp touch stat sleep readlink wc tr cut ls find grep "
-                  "sed awk sort uniq tee dd mkdir chmod ln mv cp date base64 sha256sum xargs "
-                  "unshare setsid nsenter timeout env id stty socat python3 perl").split()
-    used = {tool for tool in candidates for script in scripts
-            if re.search(rf"(?<![\w.$-]){re.escape(tool)}(?![\w.-])", script)}
-    assert used - {"kubectl", "curl"} <= set(LAUNCHER_TOOLS), sorted(used - set(LAUNCHER_TOOLS))
-    assert {"unshare", "head", "touch", "stat", "sleep", "readlink"} <= used  # the scan works
+def _used_tools(text: str) -> set[str]:
+    return {tool for tool in CANDIDATE_TOOLS
+            if re.search(rf"(?<![\w.$-]){re.escape(tool)}(?![\w.-])", text)}
+
+
+@pytest.mark.parametrize("name", scripts.names())
+def test_every_script_declares_the_tools_it_runs(name):
+    """A script that starts using an external tool must declare it (and doctor checks it)."""
+    script = scripts.load(name)
+    assert _used_tools(script.text) <= set(script.tools), sorted(_used_tools(script.text))
+
+
+def test_config_doctor_checks_every_declared_tool():
+    from dapfab.doctor import OWN_CHECKS, launcher_tools
+
+    declared = {tool for name in scripts.names() for tool in scripts.load(name).tools}
+    assert set(launcher_tools()) | set(OWN_CHECKS) == declared
+    assert {"unshare", "head", "touch", "stat", "sleep", "readlink"} <= declared  # the scan works
+
+
+def test_the_other_vm_snippets_use_only_declared_tools():
+    """Shell that is not a script file (the --dry forward line) stays within the tools too."""
+    from dapfab import forward
+
+    declared = set(scripts.tools_needed()) | {"kubectl"}
+    assert _used_tools(forward.forward_dry_command("pod/web", 80)) <= declared
+
+
+def test_shellcheck_is_clean_on_every_script():
+    files = sorted(str(p) for p in (Path(scripts.__file__).parent / "sh").glob("*.sh"))
+    result = subprocess.run(["shellcheck", "-s", "bash", *files], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_the_protocol_table_matches_what_the_scripts_print_and_read():
+    printed: dict[str, set[str]] = {}
+    for name in scripts.names():
+        for mark in re.findall(r"\\0dapfab-([a-z]+)", scripts.load(name).text):
+            printed.setdefault(mark, set()).add(f"{name}.sh")
+    assert printed == {m: set(where.split()) for m, (where, _) in protocol.MARKERS.items()}
+    arms = set()
+    for name in ("boot", "helper"):
+        arms |= set(re.findall(r"^\s*([a-z])\)", scripts.load(name).text, re.M))
+    assert {kind.decode() for kind in protocol.FRAMES if len(kind) == 1} == arms | {"q"}
+    assert b"dapfab1" in protocol.FRAMES and "dapfab1" in scripts.load("boot").text

@@ -15,11 +15,13 @@ import math
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
 from dapfab.errors import ConfigError
 from dapfab.quoting import join
+from dapfab.remote.incus import exec_argv
 
 NAME_MAX = 63
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
@@ -204,10 +206,8 @@ def incus_argv(runner: Any, command: str, *, pty: bool = False) -> list[str]:
     """
     incus, project, vm = _runner_fields(runner)
     _words([command], "the runner command")
-    argv = [incus]
-    if project is not None:
-        argv += ["--project", project]
-    return argv + ["exec", vm, "-t" if pty else "-T", "--", "bash", "-lc", command]
+    instance = SimpleNamespace(incus=incus, project=project, vm_name=vm)
+    return exec_argv(instance, ["bash", "-lc", command], pty=pty)
 
 
 def incus_command(runner: Any, command: str, *, pty: bool = False) -> str:

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from dapfab import compat
 from dapfab.commands import validate_port
 from dapfab.errors import ConfigError
 from dapfab.remote import scripts
@@ -147,7 +148,7 @@ class BridgedConnection:
             process.start()
             bridge._track(process)
             channel = process.channel
-            while not channel.status_event.wait(0.25):
+            while not compat.exit_status_event(channel).wait(0.25):
                 if self.broken.is_set() or bridge.closed.is_set():
                     break
                 if not process.link.transport.is_active() or channel.closed:
@@ -158,7 +159,7 @@ class BridgedConnection:
                     and time.monotonic() - self.last_activity > HALF_CLOSED_IDLE
                 ):
                     break
-            if channel.status_event.is_set():
+            if compat.exit_status_event(channel).is_set():
                 code = process.wait(10.0)
                 if code == RELAY_REFUSED and self.relay_stderr:
                     log.debug("relay: %s", self.relay_stderr.decode("utf-8", "replace").strip())

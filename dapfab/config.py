@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dapfab import compat
 from dapfab.commands import validate_name, validate_seconds
 from dapfab.errors import ConfigError
 
@@ -154,7 +155,8 @@ def _optional(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class RunnerConfig:
-    """How to reach one runner VM; hashable, the key for sharing connections.
+    """How to reach one runner VM; connections are shared by its
+    :class:`~dapfab.identity.ConnectionIdentity` (docs/design.md §10).
 
     Validated on construction (raises :class:`~dapfab.errors.ConfigError`, exit 2); paths
     are expanded to absolute paths and the timeout becomes a float.
@@ -294,8 +296,8 @@ class Settings:
 
 def _plain(obj: Any) -> Any:
     """A deep plain-dict copy of a config tree (Invoke DataProxy, Mapping, or leaf)."""
-    inner = getattr(obj, "_config", None)
-    if isinstance(inner, dict):
+    inner = compat.proxied_dict(obj)
+    if inner is not None:
         return _plain(inner)
     if isinstance(obj, Mapping):
         return {key: _plain(obj[key]) for key in obj}
@@ -353,25 +355,9 @@ def _refuse_unknown(mapping: Mapping[str, Any], known: set[str], where: str) -> 
         )
 
 
-_FILE_LAYERS = ("system", "user", "project")
-
-
 def _layers(config: Any) -> list[tuple[str, dict[str, Any]]]:
     """Invoke's config layers in merge order, each with a human label (empty if not Invoke)."""
-    config = _unwrap(config)
-    if not all(hasattr(config, f"_{name}") for name in ("defaults", "collection", "runtime")):
-        return []
-    layers: list[tuple[str, dict[str, Any]]] = [
-        ("default", config._defaults),
-        ("collection", config._collection),
-    ]
-    for name in _FILE_LAYERS:
-        layers.append((getattr(config, f"_{name}_path", None) or name, getattr(config, f"_{name}")))
-    layers.append(("env", config._env))
-    layers.append((getattr(config, "_runtime_path", None) or "runtime", config._runtime))
-    layers.append(("command line", config._overrides))
-    layers.append(("set in code", getattr(config, "_modifications", {})))
-    return layers
+    return compat.config_layers(_unwrap(config))
 
 
 def _lookup(tree: Any, path: tuple[str, ...]) -> tuple[bool, Any]:
@@ -396,7 +382,7 @@ def _source_of(config: Any, layers: list[tuple[str, dict[str, Any]]], path: tupl
             default_found, default = _lookup({"dap": DEFAULTS}, path)
             label = "default" if default_found and default == value else "tasks collection"
         elif label == "env":
-            prefix = getattr(_unwrap(config), "_env_prefix", "INVOKE_")
+            prefix = compat.env_prefix(_unwrap(config))
             label = "env " + prefix + "_".join(path).upper()
         source = label
     return source

@@ -19,7 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from dapfab import compat
 from dapfab.errors import ConfigError, DapError, SSHError
+from dapfab.identity import ConnectionIdentity
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
@@ -123,7 +125,7 @@ class ChannelSocket:
 
 
 def _set_nodelay(transport: Any) -> None:
-    sock = getattr(transport, "sock", None)
+    sock = compat.transport_socket(transport)
     if isinstance(sock, socket.socket):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -277,10 +279,13 @@ def _hop_chain(config: RunnerConfig, timeout: float) -> tuple[list[Any], dict[st
 class Link:
     """One SSH connection to the management host, with the gateway hops it needs."""
 
-    def __init__(self, config: RunnerConfig) -> None:
-        self.config = config
+    def __init__(self, config: RunnerConfig, identity: ConnectionIdentity) -> None:
+        self.config = config  # the settings it was opened with (any config of its identity)
+        self.identity = identity
         self.sessions = 0
-        self.idle: list[Any] = []  # helper channels between commands; each holds a session
+        # Helper channels between commands, per VM (a helper runs in one VM); each holds a
+        # session of this connection.
+        self.idle: dict[Instance, list[Any]] = {}
         self.dead_reason: str | None = None
         self.dead_hop: str | None = None  # label of the hop whose keepalives went unanswered
         self._keepalives: list[Keepalive] = []
@@ -381,14 +386,23 @@ class Link:
             channel = self.transport.open_session(timeout=float(self.config.connect_timeout))
         except Exception as exc:
             raise self.lost_error(f"could not open a session ({exc})") from None
-        outer = getattr(self.transport, "sock", None)
+        outer = compat.transport_socket(self.transport)
         if isinstance(outer, ChannelSocket):
             # Packets small enough that each one, with its SSH framing, fits in one packet
             # of the gateway's channel: otherwise every full packet travels as two there.
-            channel.out_max_packet_size = min(
-                channel.out_max_packet_size, outer.channel.out_max_packet_size - PACKET_FRAMING
-            )
+            compat.cap_packet_size(channel, compat.max_packet_size(outer.channel) - PACKET_FRAMING)
         return channel
+
+    def idle_channels(self) -> list[Any]:
+        """Every idle helper channel on this connection, whatever its VM."""
+        return [channel for channels in self.idle.values() for channel in channels]
+
+    def drop_one_idle(self) -> Any:
+        """Take an idle helper channel (any VM's) off this connection, or None."""
+        for channels in self.idle.values():
+            if channels:
+                return channels.pop(0)
+        return None
 
     @property
     def alive(self) -> bool:
@@ -444,7 +458,7 @@ class Lease:
 
 
 def _usable(channel: Any) -> bool:
-    return not (channel.closed or channel.eof_received or channel.exit_status_ready())
+    return not compat.channel_spent(channel)
 
 
 def _worth_waiting_until(links: list[Link], since: float, config: RunnerConfig) -> float:
@@ -465,8 +479,18 @@ def _worth_waiting_until(links: list[Link], since: float, config: RunnerConfig) 
     return min(ends) if ends else since + float(config.connect_timeout)
 
 
+Instance = tuple[str, "str | None", str]  # (incus client, project, VM): where a helper runs
+
+
+def instance_of(config: RunnerConfig) -> Instance:
+    """The VM a config's commands run in, as the pool keeps its idle helpers."""
+    return (config.incus, config.project, config.vm_name)
+
+
 class Pool:
-    """Connections shared by every call in the process, keyed by :class:`RunnerConfig`.
+    """Connections shared by every call in the process, keyed by their
+    :class:`~dapfab.identity.ConnectionIdentity` (runners behind one management host share
+    them); idle helpers are kept per VM within a connection.
 
     Each connection carries at most ``MAX_SESSIONS`` channels, idle helper channels included;
     an idle helper gives up its session when a command needs the room. A helper command
@@ -476,7 +500,7 @@ class Pool:
     """
 
     def __init__(self) -> None:
-        self._links: dict[Any, list[Link]] = {}
+        self._links: dict[ConnectionIdentity, list[Link]] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # a session freed, a link opened
         self.opened = 0
@@ -492,18 +516,20 @@ class Pool:
             )
         retired = []
         since = time.monotonic()
+        identity, instance = ConnectionIdentity.of(config), instance_of(config)
         try:
             with self._lock:
                 while True:
-                    links = self._links.setdefault(config, [])
+                    links = self._links.setdefault(identity, [])
                     for link in list(links):
                         if not link.alive:
                             links.remove(link)
                             retired.append(link)
                     if idle:
                         for link in links:
-                            while link.idle:
-                                channel = link.idle.pop()
+                            spare = link.idle.get(instance, [])
+                            while spare:
+                                channel = spare.pop()
                                 if _usable(channel):
                                     return link, channel
                                 retired.append(channel)
@@ -513,8 +539,9 @@ class Pool:
                             link.sessions += 1
                             return link, None
                     for link in links:
-                        if link.idle:  # the session of an idle helper changes hands
-                            retired.append(link.idle.pop(0))
+                        spare = link.drop_one_idle()
+                        if spare is not None:  # the session of an idle helper changes hands
+                            retired.append(spare)
                             return link, None
                     if not idle or not links:
                         break
@@ -522,7 +549,7 @@ class Pool:
                     if left <= 0:
                         break
                     self._changed.wait(left)
-                link = Link(config)
+                link = Link(config, identity)
                 link.sessions = 1
                 links.append(link)
                 self.opened += 1
@@ -531,25 +558,27 @@ class Pool:
             for item in retired:
                 item.close()
 
-    def _open(self, config: RunnerConfig, link: Link) -> Any:
+    def _open(self, link: Link) -> Any:
         """Connect ``link`` if needed (dropping it from the pool if that fails); a new channel."""
         try:
             link.ensure_open()
         except BaseException:
             with self._lock:
-                if link in self._links.get(config, []):
-                    self._links[config].remove(link)
+                if link in self._links.get(link.identity, []):
+                    self._links[link.identity].remove(link)
                 self._changed.notify_all()
             raise
         with self._lock:
             self._changed.notify_all()
         return link.open_session()
 
-    def _give_back(self, link: Link, channel: Any, keep: bool) -> None:
+    def _give_back(self, link: Link, channel: Any, keep: Instance | None) -> None:
+        """Return a session; with ``keep`` (its VM), the channel stays as an idle helper."""
         with self._lock:
             self._changed.notify_all()
-            if keep and link.alive and _usable(channel) and link in self._links.get(link.config, []):
-                link.idle.append(channel)
+            mine = link in self._links.get(link.identity, [])
+            if keep and link.alive and _usable(channel) and mine:
+                link.idle.setdefault(keep, []).append(channel)
                 return
             link.sessions -= 1
         if channel is not None:
@@ -561,10 +590,10 @@ class Pool:
         link, _ = self._take(config, idle=False)
         channel = None
         try:
-            channel = self._open(config, link)
+            channel = self._open(link)
             yield link, channel
         finally:
-            self._give_back(link, channel, keep=False)
+            self._give_back(link, channel, keep=None)
 
     @contextmanager
     def helper(self, config: RunnerConfig, *, idle: bool = True) -> Iterator[Lease]:
@@ -575,15 +604,16 @@ class Pool:
         try:
             lease = Lease(link, channel, fresh=channel is None)
             if lease.fresh:
-                lease.channel = self._open(config, link)
+                lease.channel = self._open(link)
             yield lease
         finally:
-            self._give_back(link, lease.channel if lease else channel, keep=bool(lease and lease.keep))
+            keep = instance_of(config) if lease and lease.keep else None
+            self._give_back(link, lease.channel if lease else channel, keep=keep)
 
     def send_idle(self, frame: bytes) -> None:
         """Send ``frame`` (a heartbeat) to every idle helper that can take it at once."""
         with self._lock:
-            channels = [c for group in self._links.values() for link in group for c in link.idle]
+            channels = [c for group in self._links.values() for link in group for c in link.idle_channels()]
             for channel in channels:
                 try:
                     if channel.send_ready():

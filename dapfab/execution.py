@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
+from dapfab import compat
 from dapfab.connection import POOL, Pool
 from dapfab.errors import DapError, DapTimeout, OutputClosed, RunnerError
 from dapfab.remote import launcher
@@ -206,7 +207,7 @@ class _OneShot:
 
     def done(self) -> threading.Event:
         """Set once the command's outcome is known."""
-        return self.process.channel.status_event
+        return compat.exit_status_event(self.process.channel)
 
     def exit_code(self) -> int | None:
         """The exit code the protocol reported, or None to read the channel's exit status."""
@@ -588,7 +589,7 @@ class RemoteProcess:
         try:
             with self._send_lock:
                 self.channel.sendall(launcher.QUIT_FRAME)
-            self.channel.status_event.wait(QUIT_GRACE)
+            compat.exit_status_event(self.channel).wait(QUIT_GRACE)
         except Exception as exc:
             log.debug("stop: %s", exc)
 

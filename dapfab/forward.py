@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from dapfab import compat
 from dapfab.commands import kubectl_command, validate_port, validate_seconds
 from dapfab.errors import CommandError, ConfigError, DapError, DapTimeout, Interrupted
 from dapfab.remote import protocol, scripts
@@ -158,7 +159,7 @@ class _Attempt:
         if channel is None:
             return True
         return (
-            channel.status_event.is_set()
+            compat.exit_status_event(channel).is_set()
             or channel.closed
             or not link.transport.is_active()
         )

@@ -13,6 +13,7 @@ from typing import Any
 
 from invoke import Collection, Context, task
 
+from dapfab import compat
 from dapfab.config import (
     DEFAULTS,
     KEYS,
@@ -64,15 +65,14 @@ def init_target(c: Context, path: str | None = None, user: bool = False) -> Path
     name = _config_basename(c)
     if path:
         return Path(expand_path(path))
+    places = compat.config_file_places(c.config)
     if user:
-        prefix = getattr(c.config, "_user_prefix", None) or "~/."
+        prefix = places["user_prefix"] or "~/."
         fallback = Path(expand_path(f"{prefix}{name}.yaml"))
-        return _yaml_file(getattr(c.config, "_user_path", None), fallback, "user")
-    prefix = getattr(c.config, "_project_prefix", None)
+        return _yaml_file(places["user_path"], fallback, "user")
+    prefix = places["project_prefix"]
     directory = Path(prefix) if prefix else Path.cwd()
-    return _yaml_file(
-        getattr(c.config, "_project_path", None), directory / f"{name}.yaml", "project"
-    )
+    return _yaml_file(places["project_path"], directory / f"{name}.yaml", "project")
 
 
 def _ask(label: str, current: Any, *, required: bool) -> str | None:

@@ -20,8 +20,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from invoke import Context, Exit, Program, Task
+from invoke import Context, Exit, Task
 
+from dapfab import compat
 from dapfab.config import RunnerConfig, kubectl_defaults
 from dapfab.errors import DapError, Interrupted, OutputClosed, render
 
@@ -102,38 +103,16 @@ def _drop_closed_streams() -> None:
         os.close(devnull)
 
 
-def _called_by_program(task: Task) -> Program | None:
-    """The running Program if ``task`` was invoked by its Executor, not from Python code."""
-    from invoke import Executor
-
-    frame = sys._getframe(1)
-    while frame is not None:
-        owner = frame.f_locals.get("self")
-        if isinstance(owner, Task) and owner.body is task.body:
-            caller = frame.f_back
-            executor = caller.f_locals.get("self") if caller is not None else None
-            if not isinstance(executor, Executor):
-                return None
-            while caller is not None:
-                candidate = caller.f_locals.get("self")
-                if isinstance(candidate, Program):
-                    return candidate
-                caller = caller.f_back
-            return None
-        frame = frame.f_back
-    return None
-
-
 def command_line_remainder(task: Task) -> list[str] | None:
     """The argv after ``--`` if ``task`` is the last task named on the command line, else None.
 
     Invoke 2.2 joins the remainder with spaces; the original words come from the argv the
     running Program parsed. A task called from Python (a runbook) gets None.
     """
-    program = _called_by_program(task)
+    program = compat.running_program(task.body)
     if program is None or not getattr(program, "tasks", None):
         return None
-    argv = list(program.argv) if program.argv is not None else sys.argv
+    argv = compat.program_argv(program)
     try:
         last = program.collection[program.tasks[-1].name]
     except (KeyError, TypeError, AttributeError):

@@ -143,3 +143,25 @@ def test_idle_helpers_end_with_their_process_even_a_frozen_one(lab, runner_confi
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
+
+
+def test_runners_behind_one_host_share_its_connection_but_never_each_others_helpers(
+    lab, runner_config, no_pool
+):
+    """The connection is keyed by its identity (host, gateway, key, known_hosts...), not by
+    the VM: another VM name on the same management host opens no connection of its own, and
+    does not get the first VM's idle helper (its command fails as that VM, not found)."""
+    import dataclasses
+
+    from dapfab.connection import POOL
+
+    run_in_runner(runner_config, "true", hide=True)
+    wait_until(lambda: helpers(lab), what="an idle helper")
+    opened = POOL.opened
+    other = dataclasses.replace(runner_config, vm_name="no-such-vm")
+    with pytest.raises(RunnerError) as caught:
+        run_in_runner(other, "echo wrong-vm", hide=True, in_stream=False)
+    assert "no-such-vm" in str(caught.value) and "not found" in str(caught.value)
+    assert POOL.opened == opened
+    assert run_in_runner(runner_config, "echo ok", hide=True).stdout == "ok\n"
+    assert POOL.opened == opened

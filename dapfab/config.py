@@ -417,19 +417,7 @@ def resolve(
     if profile is None and profile_from_env:
         profile = environ.get(PROFILE_ENV) or None
     if profile is not None:
-        validate_name("profile", profile)
-        if profile not in profiles_tree:
-            known = ", ".join(profiles) if profiles else "none defined"
-            raise ConfigError(
-                f"unknown runner profile {profile!r}",
-                hint=f"known profiles: {known}; define it under dap.runners.{profile}",
-            )
-        for path, (value, where_in_profile) in _profile_values(
-            profile, profiles_tree[profile]
-        ).items():
-            file_source = _source_of(config, layers, ("dap", "runners", profile, *where_in_profile))
-            where = "" if file_source in ("default", "config") else f" ({file_source})"
-            values[path] = (value, f"profile {profile}{where}")
+        values.update(_profile_settings(config, layers, profiles_tree, profile))
 
     for key in KEYS:
         value = environ.get(key.env)
@@ -451,6 +439,25 @@ def resolve(
         profile=profile,
         profiles=profiles,
     )
+
+
+def _profile_settings(
+    config: Any, layers: list[tuple[str, dict[str, Any]]], profiles_tree: Any, profile: str
+) -> dict[str, tuple[Any, str]]:
+    """The settings profile ``profile`` sets, each with its source; ConfigError if unknown."""
+    validate_name("profile", profile)
+    if profile not in profiles_tree:
+        known = ", ".join(sorted(str(name) for name in profiles_tree)) or "none defined"
+        raise ConfigError(
+            f"unknown runner profile {profile!r}",
+            hint=f"known profiles: {known}; define it under dap.runners.{profile}",
+        )
+    values = {}
+    for path, (value, where_in_profile) in _profile_values(profile, profiles_tree[profile]).items():
+        file_source = _source_of(config, layers, ("dap", "runners", profile, *where_in_profile))
+        where = "" if file_source in ("default", "config") else f" ({file_source})"
+        values[path] = (value, f"profile {profile}{where}")
+    return values
 
 
 def _profile_values(name: str, profile: Any) -> dict[str, tuple[Any, tuple[str, ...]]]:

@@ -28,6 +28,7 @@ from dapfab.remote import protocol, scripts
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
+    from dapfab.execution import Result
 
 DEFAULT_TIMEOUT = 30.0
 _METHOD = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
@@ -255,34 +256,32 @@ def runner_curl(
     script = curl_script(len(curl_conf), None if body is None else len(body))
     try:
         result = run_in_runner(
-            config,
-            script,
-            hide=True,
-            warn=True,
-            in_stream=io.BytesIO(payload),
+            config, script, hide=True, warn=True, in_stream=io.BytesIO(payload),
             timeout=timeout + 30.0,
         )
     except DapTimeout as err:
         err.hop = "curl"
         raise
+    return _response(result)
+
+
+def _response(result: Result) -> Response:
+    """The Response of a finished curl script, or the CurlError for curl's failure."""
     own, code, dump = split_stderr(result.stderr_bytes)
+    lines = own.decode("utf-8", "replace").strip().splitlines()
     if code is None:
-        detail = own.decode("utf-8", "replace").strip().splitlines()
         raise CurlError(
             f"curl did not run in the runner (exit {result.exited}"
-            + (f": {detail[-1]}" if detail else "")
+            + (f": {lines[-1]}" if lines else "")
             + ")",
             exit_code=result.exited or 1,
             hint="the runner needs bash, curl and coreutils; `inv config.doctor` checks it",
             result=result,
         )
     if code != 0:
-        message = own.decode("utf-8", "replace").strip().splitlines()
-        text = message[-1] if message else f"curl exited with {code}"
-        if text.startswith("curl: "):
-            text = text[6:]
+        text = lines[-1] if lines else f"curl exited with {code}"
         raise CurlError(
-            text,
+            text.removeprefix("curl: "),
             exit_code=code,
             hint=HINTS.get(code, "see `man curl`, EXIT CODES"),
             result=result,

@@ -12,6 +12,7 @@ from dapfab.tasks.edge import (
     CONTEXT_HELP,
     NAMESPACE_HELP,
     RUNNER_HELP,
+    Call,
     DapTask,
     announce,
     command_line_remainder,
@@ -120,10 +121,8 @@ def forward(
     Prints `Forwarding from 127.0.0.1:<port> -> <TARGET>:<PORT> (runner)` once ready (and
     `(laptop)` lines with --laptop-port); restarts kubectl on the same port when it exits.
     """
-    from dapfab.bridge import LaptopBridge
     from dapfab.commands import incus_command, validate_port
-    from dapfab.forward import Forward, forward_dry_command, validate_target
-    from dapfab.tasks.display import ForwardDisplay, close, wait_for_signal
+    from dapfab.forward import forward_dry_command, validate_target
 
     target = validate_target(target)
     remote_port = validate_port(port, what="port")
@@ -142,20 +141,25 @@ def forward(
     if announce(c, incus_command(call.config, dry)):
         return
     call.config.check_configured()
+    _serve_forward(call, target, remote_port, runner_port, wanted_laptop)
+
+
+def _serve_forward(
+    call: Call, target: str, remote_port: int, runner_port: int, wanted_laptop: int | None
+) -> None:
+    """Run the forward (and the laptop bridge, with ``wanted_laptop``) until a signal."""
+    from dapfab.bridge import LaptopBridge
+    from dapfab.forward import Forward
+    from dapfab.tasks.display import ForwardDisplay, close, wait_for_signal
+
     display = ForwardDisplay()
     bridge = None
     if wanted_laptop is not None:
         bridge = LaptopBridge(call.config, laptop_port=wanted_laptop, on_event=display.event)
         bridge.bind()  # a laptop port in use fails here, before anything is sent
     fwd = Forward(
-        call.config,
-        target,
-        remote_port,
-        namespace=call.namespace,
-        context=call.context,
-        local_port=runner_port,
-        reconnect=True,
-        on_event=display.event,
+        call.config, target, remote_port, namespace=call.namespace, context=call.context,
+        local_port=runner_port, reconnect=True, on_event=display.event,
     )
     label = f"{target}:{remote_port}"
     try:

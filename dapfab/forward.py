@@ -68,20 +68,11 @@ def forward_command(
     return kubectl_command(args, namespace=namespace, context=context)
 
 
-def reporting_forward_command(
-    target: str,
-    remote_port: int,
-    *,
-    local_port: int = 0,
-    namespace: str | None = None,
-    context: str | None = None,
-) -> str:
-    """:func:`forward_command` whose output passes through a reader (``sh/forward_report.sh``)
-    that, after kubectl's ``Forwarding from`` line, prints the ``listener`` marker with the
-    inode of kubectl's listening socket. The exit code is kubectl's."""
-    command = forward_command(
-        target, remote_port, local_port=local_port, namespace=namespace, context=context
-    )
+def reporting_forward_command(command: str) -> str:
+    """``command`` (a :func:`forward_command`) with its output passed through a reader
+    (``sh/forward_report.sh``) that, after kubectl's ``Forwarding from`` line, prints the
+    ``listener`` marker with the inode of kubectl's listening socket. The exit code is
+    kubectl's."""
     return scripts.program("forward_report", command, libraries=("listener",))
 
 
@@ -94,19 +85,9 @@ _UNTIL_STDIN_CLOSES = (
 )
 
 
-def forward_dry_command(
-    target: str,
-    remote_port: int,
-    *,
-    local_port: int = 0,
-    namespace: str | None = None,
-    context: str | None = None,
-) -> str:
-    """:func:`forward_command` as a user can paste it: it ends when its stdin closes (the
-    SSH session that ran it went away), on Ctrl-C, or when kubectl exits."""
-    command = forward_command(
-        target, remote_port, local_port=local_port, namespace=namespace, context=context
-    )
+def forward_dry_command(command: str) -> str:
+    """``command`` (a :func:`forward_command`) as a user can paste it: it ends when its
+    stdin closes (the SSH session that ran it went away), on Ctrl-C, or when kubectl exits."""
     return _UNTIL_STDIN_CLOSES.format(command=command)
 
 
@@ -216,13 +197,10 @@ class Forward:
 
     # -- starting ------------------------------------------------------------------------
     def _command(self, port: int) -> str:
-        return reporting_forward_command(
-            self.target,
-            self.remote_port,
-            local_port=port,
-            namespace=self.namespace,
+        return reporting_forward_command(forward_command(
+            self.target, self.remote_port, local_port=port, namespace=self.namespace,
             context=self.context,
-        )
+        ))
 
     def _start_attempt(self, port: int) -> _Attempt:
         """Start kubectl and wait until it is forwarding; raise DapError if it is not."""

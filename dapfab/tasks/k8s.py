@@ -122,7 +122,7 @@ def forward(
     `(laptop)` lines with --laptop-port); restarts kubectl on the same port when it exits.
     """
     from dapfab.commands import incus_command, validate_port
-    from dapfab.forward import forward_dry_command, validate_target
+    from dapfab.forward import forward_command, forward_dry_command, validate_target
 
     target = validate_target(target)
     remote_port = validate_port(port, what="port")
@@ -135,9 +135,9 @@ def forward(
         else validate_port(laptop_port, allow_zero=True, what="--laptop-port")
     )
     call = resolve_call(c, runner, namespace, context)
-    dry = forward_dry_command(
+    dry = forward_dry_command(forward_command(
         target, remote_port, local_port=runner_port, namespace=call.namespace, context=call.context
-    )
+    ))
     if announce(c, incus_command(call.config, dry)):
         return
     call.config.check_configured()

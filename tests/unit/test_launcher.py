@@ -335,7 +335,7 @@ def test_the_other_vm_snippets_use_only_declared_tools():
     from dapfab import forward
 
     declared = set(scripts.tools_needed()) | {"kubectl"}
-    assert _used_tools(forward.forward_dry_command("pod/web", 80)) <= declared
+    assert _used_tools(forward.forward_dry_command(forward.forward_command("pod/web", 80))) <= declared
 
 
 def test_shellcheck_is_clean_on_every_script():

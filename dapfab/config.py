@@ -77,6 +77,8 @@ KEYS: tuple[Key, ...] = (
         "reject or accept-new", "host_key_policy"),
     Key("ssh.connect_timeout", "DAP_SSH_CONNECT_TIMEOUT", 10,
         "seconds to wait for each SSH connection", "connect_timeout"),
+    Key("ssh.persist", "DAP_SSH_PERSIST", 60,
+        "seconds a keeper holds the connection after its last call (0: no keeper)", "persist"),
     Key("kubectl.namespace", "DAP_KUBECTL_NAMESPACE", None, "kubectl --namespace", None,
         "--namespace"),
     Key("kubectl.context", "DAP_KUBECTL_CONTEXT", None, "kubectl --context", None, "--context"),
@@ -171,6 +173,7 @@ class RunnerConfig:
     known_hosts: str = DEFAULTS["ssh"]["known_hosts"]
     host_key_policy: str = DEFAULTS["ssh"]["host_key_policy"]
     connect_timeout: float = field(default=float(DEFAULTS["ssh"]["connect_timeout"]))
+    persist: float = field(default=float(DEFAULTS["ssh"]["persist"]))
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -199,6 +202,9 @@ class RunnerConfig:
             )
         put(self, "host_key_policy", policy)
         put(self, "connect_timeout", _timeout(self.connect_timeout))
+        put(self, "persist", validate_seconds(
+            self.persist, what="persist time (dap.ssh.persist)", allow_zero=True
+        ))
 
     @property
     def is_placeholder(self) -> bool:

@@ -28,7 +28,7 @@ from dapfab.remote import protocol, scripts
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
-    from dapfab.execution import Result
+    from dapfab.result import Result
 
 DEFAULT_TIMEOUT = 30.0
 _METHOD = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")

@@ -20,6 +20,7 @@ exit code is the code of the first failing check (0 when all pass).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -250,7 +251,8 @@ def in_vm(config: RunnerConfig, code: str) -> Any:
     """Run ``code`` in the VM through the launcher, as every dapfab command runs."""
     from dapfab.run import run_in_runner
 
-    return run_in_runner(config, code, hide=True, warn=True, in_stream=False,
+    direct = dataclasses.replace(config, persist=0)  # a live keeper must not hide a broken path
+    return run_in_runner(direct, code, hide=True, warn=True, in_stream=False,
                          timeout=REMOTE_TIMEOUT)
 
 

@@ -20,15 +20,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 from dapfab import compat
 from dapfab.connection import POOL, Pool
 from dapfab.errors import DapError, DapTimeout, OutputClosed, RunnerError
+from dapfab.keeper import client as keeper
 from dapfab.remote import launcher
 from dapfab.remote.incus import EXIT_ERROR_LINES, runner_failure
 from dapfab.remote.protocol import MarkerScanner
+from dapfab.result import Result
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
@@ -42,41 +43,6 @@ QUIT_GRACE = 10.0  # seconds to wait for the remote tree to be gone after `q`
 SMALL_REPLY = 4096
 
 Sink = Callable[[bytes], None]
-
-
-@dataclass
-class Result:
-    """What a finished remote command left: exit code and the output that was captured."""
-
-    command: str
-    exited: int
-    stdout_bytes: bytes = b""
-    stderr_bytes: bytes = b""
-
-    @property
-    def stdout(self) -> str:
-        """Captured stdout, decoded as UTF-8 (undecodable bytes replaced)."""
-        return self.stdout_bytes.decode("utf-8", "replace")
-
-    @property
-    def stderr(self) -> str:
-        """Captured stderr, decoded as UTF-8 (undecodable bytes replaced)."""
-        return self.stderr_bytes.decode("utf-8", "replace")
-
-    @property
-    def return_code(self) -> int:
-        """Alias of :attr:`exited`, as in Invoke."""
-        return self.exited
-
-    @property
-    def ok(self) -> bool:
-        """Whether the command exited 0."""
-        return self.exited == 0
-
-    @property
-    def failed(self) -> bool:
-        """Whether the command exited non-zero."""
-        return not self.ok
 
 
 class _Heartbeats(threading.Thread):
@@ -315,6 +281,8 @@ class RemoteProcess:
         self.in_stream = in_stream
         self._send_lock = threading.Lock()
         self._pumps_lock = threading.Lock()
+        self._reading = threading.Event()  # cleared while paused (see pause())
+        self._reading.set()
         helper_stdin = self._helper_stdin() if reuse else None
         self.strategy: _OneShot = (
             _OneShot(self) if helper_stdin is None else _OnHelper(self, helper_stdin, idle=True)
@@ -421,9 +389,19 @@ class RemoteProcess:
             raise self.output_error
 
     # -- pumps -------------------------------------------------------------------------
+    def pause(self) -> None:
+        """Stop reading the command's output: the SSH window fills and the command blocks
+        on its next write (Ctrl-Z of a keeper's client). Heartbeats go on."""
+        self._reading.clear()
+
+    def resume(self) -> None:
+        """Read the command's output again after :meth:`pause`."""
+        self._reading.set()
+
     def _pump_stdout(self) -> None:
         head = b""
         while True:
+            self._reading.wait()
             data = self.channel.recv(READ_SIZE)
             if not data:
                 break
@@ -447,6 +425,7 @@ class RemoteProcess:
 
     def _pump_stderr(self) -> None:
         while True:
+            self._reading.wait()
             data = self.channel.recv_stderr(READ_SIZE)
             if not data:
                 break
@@ -584,6 +563,7 @@ class RemoteProcess:
 
     def stop(self) -> None:
         """Kill the remote process tree and wait (bounded) until the launcher has exited."""
+        self._reading.set()
         if self.finished or self.channel is None or self.channel.closed:
             return
         try:
@@ -687,19 +667,25 @@ def run_command(
 ) -> Result:
     """Run shell code in the VM without a pty and return its :class:`Result`, whatever its
     exit code: the core of :func:`dapfab.run.run_in_runner` (which adds dry/echo, the pty
-    path and ``warn``)."""
+    path and ``warn``). With ``config.persist``, through the connection's keeper if one is
+    alive (docs/design.md §12); a direct call starts one when it is done."""
     hide_out, hide_err = _hidden(hide)
+    in_stream = _default_in_stream(in_stream)
+    if config.persist:
+        result = keeper.run(config, command, hide_out=hide_out, hide_err=hide_err,
+                            in_stream=in_stream, timeout=timeout, out_stream=out_stream,
+                            err_stream=err_stream)
+        if result is not None:
+            return result
     captured: dict[str, list[bytes]] = {"out": [], "err": []}
     on_stdout = captured["out"].append if hide_out else _StreamSink(out_stream or sys.stdout)
     on_stderr = captured["err"].append if hide_err else _StreamSink(err_stream or sys.stderr)
     process = RemoteProcess(
-        config,
-        command,
-        on_stdout=on_stdout,
-        on_stderr=on_stderr,
-        in_stream=_default_in_stream(in_stream),
+        config, command, on_stdout=on_stdout, on_stderr=on_stderr, in_stream=in_stream,
         reuse=True,
     )
     with process:
         code = process.wait(timeout)
+    if config.persist:
+        keeper.after_direct_call(config)
     return Result(command, code, b"".join(captured["out"]), b"".join(captured["err"]))

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 from dapfab.errors import CommandError
-from dapfab.execution import Result, run_command
+from dapfab.execution import run_command
+from dapfab.result import Result
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig

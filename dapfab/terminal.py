@@ -14,6 +14,7 @@ the session once it is :data:`GUARD_STALE` seconds old. The watcher outlives the
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import re
@@ -32,7 +33,7 @@ from dapfab.remote.incus import exec_argv
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
-    from dapfab.execution import Result
+    from dapfab.result import Result
 
 INTERACTIVE_SUBCOMMANDS = {"edit"}
 TTY_SUBCOMMANDS = {"exec", "attach", "run", "debug"}
@@ -89,7 +90,10 @@ def run_with_pty(config: RunnerConfig, command: str) -> Result:
     (whatever the exit code)."""
     from dapfab.connection import POOL
     from dapfab.errors import RunnerError
-    from dapfab.execution import RemoteProcess, Result, run_command
+    from dapfab.execution import RemoteProcess, run_command
+    from dapfab.result import Result
+
+    config = dataclasses.replace(config, persist=0)  # a pty session keeps its own connection
 
     staged = run_command(
         config, scripts.program("stage"), hide=True, in_stream=io.BytesIO(command.encode("utf-8", "surrogateescape"))

@@ -26,7 +26,7 @@ from dapfab.config import (
     resolve,
 )
 from dapfab.configfile import export_lines, write_dap_section
-from dapfab.errors import ConfigError, shown
+from dapfab.errors import ConfigError, DapError, shown
 from dapfab.tasks.edge import reported
 
 # The keys config.init writes: (dotted path under dap, task parameter, prompt).
@@ -204,6 +204,33 @@ def show(c: Context, runner: str | None = None) -> None:
             "run `inv config.init` or set DAP_RUNNER_SSH_HOST",
             file=sys.stderr,
         )
+    elif config.persist:
+        from dapfab.keeper import client
+
+        try:
+            pid = client.status(config)
+            print(f"keeper: {f'alive (pid {pid})' if pid is not None else 'none'}")
+        except DapError as err:
+            print(shown(f"keeper: unavailable ({err.message})"))
+
+
+@task(
+    auto_shortflags=False,
+    help={"runner": "stop the keeper of this named profile (dap.runners.NAME)",
+          "all": "stop every keeper of this user"},
+)
+@reported
+def disconnect(c: Context, runner: str | None = None, all: bool = False) -> None:  # noqa: A002
+    """Stop the keeper that holds this config's connection (or every keeper with --all).
+
+    A keeper (dap.ssh.persist) keeps the SSH connection and its helpers in the VM so that
+    later calls are warm; commands running through it end.
+    """
+    from dapfab.keeper import client
+
+    config = None if all else RunnerConfig.from_invoke_config(c.config, runner=runner)
+    pids = client.stop(config)
+    print(f"stopped {len(pids)} keeper(s)" + (f" (pid {', '.join(map(str, pids))})" if pids else ""))
 
 
 @task(
@@ -236,5 +263,5 @@ def doctor(c: Context, runner: str | None = None) -> None:
         raise Exit(code=code)
 
 
-ns = Collection("config", init, show, doctor)
+ns = Collection("config", init, show, doctor, disconnect)
 ns.configure({"dap": copy.deepcopy(DEFAULTS)})

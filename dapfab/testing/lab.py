@@ -153,6 +153,9 @@ class Lab:
         self._cut: dict[frozenset[str], str] = {}
         self._frozen: set[int] = set()
         self._state: dict[str, Any] | None = None
+        # dap.ssh.persist for the lab's config and env: 0 (no keeper) unless the run asks
+        # for keepers (CI runs the core tests both ways).
+        self.persist = os.environ.get("DAPFAB_LAB_PERSIST") or "0"
 
     # -- addresses and names -------------------------------------------------------------
 
@@ -248,7 +251,34 @@ class Lab:
             "DAP_RUNNER_VM": self.vm_name,
             "DAP_RUNNER_INCUS": self.incus,
             "DAP_SSH_KNOWN_HOSTS": self.known_hosts,
+            "DAP_SSH_PERSIST": self.persist,
+            "XDG_RUNTIME_DIR": str(self.runtime_dir()),
         }
+
+    def runtime_dir(self) -> Path:
+        """The XDG_RUNTIME_DIR of dapfab calls against this lab: their keepers live there."""
+        path = self.state_dir / "xdg"
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return path
+
+    def keepers(self) -> list[int]:
+        """PIDs of the keepers serving calls against this lab (from their lock files)."""
+        pids = []
+        for lock in (self.state_dir / "xdg" / "dapfab").glob("*.lock"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                pid = int(lock.read_text().split()[0])
+                if b"dapfab.keeper" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    pids.append(pid)
+        return pids
+
+    def stop_keepers(self) -> None:
+        """Kill this lab's keepers (processes dapfab started for its tests) and wait."""
+        pids = self.keepers()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGKILL)
+        _wait_for(lambda: not any(_alive(pid) for pid in pids), 10, "the lab's keepers to end")
 
     def export_lines(self) -> str:
         """``export K=V`` lines for a POSIX shell."""
@@ -447,6 +477,8 @@ class Lab:
 
     def down(self) -> None:
         """Remove everything of this lab id: processes, namespaces, veths, routes, files."""
+        with contextlib.suppress(Exception):
+            self.stop_keepers()
         # nsfs files under /run/netns are bind mounts: stat gives the namespace's inode
         with contextlib.suppress(Exception):  # first: a backend's daemon stops cleanly
             self._built_backend().down()
@@ -698,7 +730,9 @@ class Lab:
         self.backend.restore_client()
 
     def reset(self) -> None:
-        """Restore what tests change: links, frozen processes, sshd, runner, incus."""
+        """Restore what tests change: links, frozen processes, sshd, runner, incus; and
+        stop keepers (a test's keeper never serves the next test)."""
+        self.stop_keepers()
         for pid in list(self._frozen):
             self.thaw(pid)
         for pair in list(self._cut):

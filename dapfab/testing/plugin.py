@@ -11,7 +11,9 @@ it did not define.
   tests fail. With ``DAPFAB_LAB_REUSE=1`` a lab that is already up is used as it is and left up.
 - ``lab``: that lab for one test; afterwards what tests change is restored: links, frozen
   processes, sshd, the runner's state, the incus client. ``lab_reset`` is the same fixture.
-- ``runner_config``: a ``dapfab.config.RunnerConfig`` for the lab.
+- ``runner_config``: a ``dapfab.config.RunnerConfig`` for the lab (``dap.ssh.persist``
+  from ``DAPFAB_LAB_PERSIST``, default 0: no keeper; keepers live in the lab's own
+  runtime directory and are stopped after every test).
 
 Lab tests are skipped only where the lab cannot exist at all: not Linux, or not root.
 """
@@ -51,9 +53,17 @@ def dapfab_lab() -> Iterator[Any]:
     reuse = os.environ.get("DAPFAB_LAB_REUSE") == "1" and the_lab.status().get("up")
     if not reuse:
         the_lab.up()
+    # Keepers started by in-process calls live in the lab's directory, stopped with it.
+    saved = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = str(the_lab.runtime_dir())
     try:
         yield the_lab
     finally:
+        if saved is None:
+            os.environ.pop("XDG_RUNTIME_DIR", None)
+        else:
+            os.environ["XDG_RUNTIME_DIR"] = saved
+        the_lab.stop_keepers()
         if not reuse:
             the_lab.down()
 
@@ -87,4 +97,5 @@ def runner_config(lab: Any) -> Any:
         incus=lab.incus,
         known_hosts=lab.known_hosts,
         host_key_policy="reject",
+        persist=lab.persist,
     )

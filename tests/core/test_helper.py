@@ -19,6 +19,15 @@ from dapfab.testing.waiting import wait_until
 
 pytestmark = pytest.mark.lab
 
+
+@pytest.fixture
+def runner_config(runner_config):
+    """These tests count this process's own pooled connections and helpers: no keeper
+    (dap.ssh.persist 0), whatever DAPFAB_LAB_PERSIST says."""
+    import dataclasses
+
+    return dataclasses.replace(runner_config, persist=0)
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -121,7 +130,7 @@ def test_a_helper_killed_during_the_command_is_reported_as_the_runner_hop(lab, r
 
 def test_idle_helpers_end_with_their_process_even_a_frozen_one(lab, runner_config, no_pool):
     """Exit: the channel closes. Frozen (SIGSTOP): heartbeats stop, gone within 20 s."""
-    env = {**os.environ, **lab.env()}
+    env = {**os.environ, **lab.env(), "DAP_SSH_PERSIST": "0"}  # helpers of this process
     env.pop("DAP_RUNNER", None)
     code = textwrap.dedent("""
         import os, signal, sys

@@ -16,6 +16,15 @@ import pytest
 
 pytestmark = pytest.mark.lab
 
+
+@pytest.fixture
+def runner_config(runner_config):
+    """These tests count this process's own pooled connections and helpers: no keeper
+    (dap.ssh.persist 0), whatever DAPFAB_LAB_PERSIST says."""
+    import dataclasses
+
+    return dataclasses.replace(runner_config, persist=0)
+
 TASKS = "from invoke import Collection\n\nfrom dapfab.tasks import config_ns, k8s_ns\n\nns = Collection(k8s_ns, config_ns)\n"
 
 
@@ -40,7 +49,7 @@ def project(tmp_path: Path) -> Path:
 
 def inv(lab: Any, project: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DAP_")}
-    env.update(lab.env())
+    env.update(lab.env(), DAP_SSH_PERSIST="0")  # counts this process's connections: no keeper
     return subprocess.run(
         [sys.executable, "-m", "invoke", *args],
         cwd=project,

@@ -107,6 +107,7 @@ def test_from_env_reads_every_variable(home):
             "DAP_SSH_KNOWN_HOSTS": "~/kh",
             "DAP_SSH_HOST_KEY_POLICY": "accept-new",
             "DAP_SSH_CONNECT_TIMEOUT": "2.5",
+            "DAP_SSH_PERSIST": "0",
         }
     )
     assert dataclasses.astuple(config) == (
@@ -119,6 +120,7 @@ def test_from_env_reads_every_variable(home):
         f"{home}/kh",
         "accept-new",
         2.5,
+        0.0,
     )
     assert not config.is_placeholder
 
@@ -177,6 +179,8 @@ def test_runner_config_is_frozen():
         ("connect_timeout", "0", "connect timeout"),
         ("connect_timeout", "-1", "connect timeout"),
         ("connect_timeout", "soon", "connect timeout"),
+        ("persist", "-1", "persist time"),
+        ("persist", "nan", "persist time"),
         ("connect_timeout", "nan", "connect timeout"),
         ("connect_timeout", True, "connect timeout"),
     ],

@@ -1,0 +1,258 @@
+"""The keeper daemon (docs/design.md §12): one per connection identity, started by the
+first call that found none, as ``python -m dapfab.keeper CONFIG_JSON``.
+
+It takes ``<digest>.lock`` (two keepers never serve one identity), listens on
+``<digest>.sock``, and runs each client's command with its own pool of connections and
+helpers, doing the I/O on the descriptors the client passed. It refuses peers of another
+uid and requests of another identity, and exits ``persist`` seconds after its last client
+(or on ``stop``).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import io
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+from dapfab.config import RunnerConfig
+from dapfab.connection import Pool
+from dapfab.errors import DapError
+from dapfab.execution import RemoteProcess, _StreamSink
+from dapfab.identity import ConnectionIdentity
+from dapfab.keeper import place, wire
+from dapfab.remote.launcher import HEARTBEAT_TIMEOUT
+
+log = logging.getLogger("dapfab.keeper")
+
+ACCEPT_POLL = 0.5  # seconds between checks of the idle deadline
+GO_WAIT = 5.0  # seconds a client has to confirm a request the keeper accepted
+
+
+class Keeper:
+    """Serves the commands of every client of one connection identity."""
+
+    def __init__(self, config: RunnerConfig) -> None:
+        self.config = config
+        self.identity = ConnectionIdentity.of(config)
+        self.pool = Pool()
+        self.clients = 0
+        self.idle_since = time.monotonic()
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.socket_path = place.socket_path(place.directory(), self.identity.digest())
+
+    # -- lifetime --------------------------------------------------------------------------
+    def serve(self) -> int:
+        """Lock, listen and serve until idle for ``persist`` seconds or stopped; exit code."""
+        lock = os.open(place.lock_path(self.socket_path), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                return 0  # another keeper serves this identity
+            raise
+        mine = b"%d\n" % os.getpid()
+        os.pwrite(lock, mine, 0)  # then cut: a reader never sees an empty file
+        os.ftruncate(lock, len(mine))
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            if os.path.lexists(self.socket_path):
+                os.unlink(self.socket_path)  # a dead keeper's; we hold the lock
+            old_umask = os.umask(0o177)
+            try:
+                listener.bind(self.socket_path)
+            finally:
+                os.umask(old_umask)
+            listener.listen(64)
+            listener.settimeout(ACCEPT_POLL)
+            threading.Thread(target=self._warm, daemon=True).start()
+            self._accept(listener)
+        finally:
+            try:
+                os.unlink(self.socket_path)
+            except OSError:
+                pass
+            listener.close()
+            self.pool.close_all()
+            os.close(lock)
+        return 0
+
+    def _warm(self) -> None:
+        """Open the connection and leave an idle helper, so the first client finds both."""
+        try:
+            with RemoteProcess(self.config, "true", on_stdout=_drop, on_stderr=_drop,
+                               reuse=True, pool=self.pool) as process:
+                process.wait(30.0)
+        except Exception as exc:  # the first client's call reports the real error
+            log.debug("warming failed: %s", exc)
+
+    def _accept(self, listener: socket.socket) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                with self.lock:
+                    idle = self.clients == 0 and time.monotonic() - self.idle_since > self.config.persist
+                if idle:
+                    return
+                continue
+            with self.lock:
+                self.clients += 1
+            threading.Thread(target=self._client, args=(conn,), daemon=True).start()
+
+    def _client(self, conn: socket.socket) -> None:
+        try:
+            if wire.peer_uid(conn) != os.getuid():
+                return  # another user: not a word
+            Session(self, conn).run()
+        except Exception as exc:
+            log.debug("client ended: %s", exc)
+        finally:
+            conn.close()
+            with self.lock:
+                self.clients -= 1
+                self.idle_since = time.monotonic()
+
+
+def _drop(_data: bytes) -> None:
+    pass
+
+
+class Session:
+    """One client connection: hello, then a command (or stop)."""
+
+    def __init__(self, keeper: Keeper, conn: socket.socket) -> None:
+        self.keeper = keeper
+        self.conn = conn
+        self.reader = wire.Reader(conn)
+        self.files: list[Any] = []
+        self.send_lock = threading.Lock()
+
+    def run(self) -> None:
+        try:
+            got = self.reader.next(GO_WAIT)
+            if got is None or got[0].get("op") != "hello":
+                return
+            wire.send(self.conn, {"op": "hello", "pid": os.getpid()})
+            got = self.reader.next(None)
+            op = got[0].get("op") if got else None
+            if op == "stop":
+                self.keeper.stopping.set()
+                wire.send(self.conn, {"op": "stopped"})
+            elif op == "run":
+                self._run(*got)
+        except wire.Closed:
+            pass
+        finally:
+            self.reader.close_fds()
+            self._close_files()
+
+    def _run(self, message: dict[str, Any], payload: bytes) -> None:
+        config = RunnerConfig(**message["config"])
+        if ConnectionIdentity.of(config) != self.keeper.identity:
+            wire.send(self.conn, {"op": "refused", "why": "another connection identity"})
+            return
+        fds = self.reader.take_fds()
+        out_fd, err_fd, *rest = fds
+        stdout = os.fdopen(out_fd, "wb")
+        stderr = os.fdopen(err_fd, "wb")
+        self.files += [stdout, stderr]
+        in_stream: Any = None
+        if message.get("stdin") == "fd" and rest:
+            in_stream = os.fdopen(rest[0], "rb", buffering=0)
+            self.files.append(in_stream)
+        elif message.get("stdin") == "data":
+            in_stream = io.BytesIO(payload)
+        wire.send(self.conn, {"op": "accepted"})
+        got = self.reader.next(GO_WAIT)
+        if got is None or got[0].get("op") != "go":
+            return  # the client gave up before confirming: the command never runs
+        process = RemoteProcess(
+            config, message["command"], on_stdout=_StreamSink(stdout),
+            on_stderr=_StreamSink(stderr), in_stream=in_stream, reuse=True, pool=self.keeper.pool,
+        )
+        outcome: dict[str, Any] = {}
+        done = threading.Event()
+        watcher = threading.Thread(target=self._watch, args=(process, done), daemon=True)
+        watcher.start()
+        self._wait(process, outcome)
+        done.set()
+        self._close_files()  # before the exit code: `out=$(inv ...)` returns at once
+        self._send(outcome)
+        watcher.join()
+
+    def _wait(self, process: RemoteProcess, outcome: dict[str, Any]) -> None:
+        try:
+            with process:
+                outcome.update(op="exit", code=process.wait())
+        except DapError as err:
+            outcome.update(op="error", type=type(err).__name__, message=err.message,
+                           hop=err.hop, hint=err.hint, exit_code=err.exit_code)
+        except Exception as exc:  # a bug: say so instead of hanging the client
+            outcome.update(op="error", type="DapError", message=f"keeper: {exc!r}",
+                           hop="keeper", hint="run with DAP_SSH_PERSIST=0", exit_code=255)
+
+    def _send(self, message: dict[str, Any]) -> None:
+        with self.send_lock:
+            try:
+                wire.send(self.conn, message)
+            except OSError:
+                pass
+
+    def _watch(self, process: RemoteProcess, done: threading.Event) -> None:
+        """Follow the client while the command runs: heartbeats, pause/resume, quit; stop
+        the command when the client goes silent (frozen) or away (killed)."""
+        heard = time.monotonic()
+        paused = False
+        while not done.is_set():
+            try:
+                got = self.reader.next(0.5)
+            except (wire.Closed, OSError):
+                process.stop()  # the client is gone
+                return
+            if got is None:
+                if not paused and time.monotonic() - heard > HEARTBEAT_TIMEOUT:
+                    process.stop()
+                    return
+                continue
+            heard = time.monotonic()
+            op = got[0].get("op")
+            if op == "h":
+                self._send({"op": "h"})
+            elif op == "pause":
+                paused = True
+                process.pause()
+            elif op == "resume":
+                paused = False
+                process.resume()
+            elif op == "quit":
+                process.stop()
+
+    def _close_files(self) -> None:
+        for file in self.files:
+            try:
+                file.close()
+            except OSError:
+                pass
+        self.files.clear()
+
+
+def main(argv: list[str]) -> int:
+    """Entry point: ``python -m dapfab.keeper CONFIG_JSON``."""
+    import json
+
+    os.umask(0o077)
+    os.chdir("/")
+    config = RunnerConfig(**json.loads(argv[0]))
+    return Keeper(config).serve()
+
+
+if __name__ == "__main__":  # pragma: no cover - see __main__.py
+    sys.exit(main(sys.argv[1:]))

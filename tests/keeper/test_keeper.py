@@ -1,0 +1,269 @@
+"""The keeper on the lab: calls after the first go through it, with the CLI's own streams,
+and every lifetime bound of a direct call holds through it (docs/design.md §12)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+from conftest import PERSIST
+from trust_helpers import REPO, cli_argv, cli_env, sshd_logins, start_cli
+
+from dapfab.testing.waiting import wait_until
+
+pytestmark = pytest.mark.lab
+
+
+def keeper(lab) -> int:
+    """The one keeper of the lab's connection (waits for it to come up)."""
+    (pid,) = wait_until(lambda: lab.keepers(), timeout=20, what="a keeper")
+    return pid
+
+
+def cli(lab, *argv: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(cli_argv(*argv), cwd=REPO, env=cli_env(lab, {**PERSIST, **(env or {})}),
+                          capture_output=True, timeout=120, **kwargs)
+
+
+def warm(lab) -> int:
+    """Leave a keeper: one call with persist on, the keeper it started, and one call
+    through that keeper (its connection is open from then on)."""
+    for _ in range(2):
+        done = cli(lab, "k8s.kubectl", "--", "version", "--client")
+        assert done.returncode == 0, done.stderr
+        pid = keeper(lab)
+    return pid
+
+
+def python(lab, code: str, **kwargs) -> subprocess.Popen:
+    env = cli_env(lab, PERSIST)
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, env=env,
+                            **kwargs)
+
+
+def test_a_call_after_the_first_goes_through_the_keeper_without_paramiko(lab):
+    warm(lab)
+    logins = sshd_logins(lab)
+    proc = python(lab, """
+        import sys
+        from dapfab import run_in_runner
+        from dapfab.config import RunnerConfig
+        result = run_in_runner(RunnerConfig.from_env(), "echo through; exit 3", hide=True, warn=True)
+        loaded = sorted({m.split('.')[0] for m in sys.modules} & {'paramiko', 'fabric'})
+        print(repr((result.exited, result.stdout, loaded)))
+    """, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=60)
+    assert out.decode().strip() == repr((3, "through\n", [])), err
+    assert sshd_logins(lab) == logins  # no new SSH connection: the keeper's was used
+
+
+def test_argv_stdin_and_exit_codes_arrive_exactly_through_the_keeper(lab, plugins):
+    warm(lab)
+    logins = sshd_logins(lab)
+    argv = ["--from-literal=k=$(id) x", "", "a\nb", "'\"\\", "ünï", "-n", "--"]
+    done = cli(lab, "k8s.kubectl", "--", "argv-exact", *argv)
+    assert (done.returncode, done.stdout) == (0, b"".join(a.encode() + b"\0" for a in argv))
+    blob = os.urandom(3 << 20)
+    proc = python(lab, """
+        import sys
+        from dapfab import run_in_runner
+        from dapfab.config import RunnerConfig
+        sys.exit(run_in_runner(RunnerConfig.from_env(), "sha256sum; exit 5", warn=True).exited)
+    """, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    out, _ = proc.communicate(blob, timeout=60)
+    import hashlib
+
+    assert (proc.returncode, out.split()[0].decode()) == (5, hashlib.sha256(blob).hexdigest())
+    assert sshd_logins(lab) == logins
+
+
+def test_captured_output_returns_at_once(lab):
+    """The keeper closes the passed descriptors before it sends the exit code, so
+    ``out=$(inv ...)`` does not wait for the keeper to exit."""
+    warm(lab)
+    script = f"out=$({' '.join(cli_argv('k8s.kubectl', '--', 'get', 'pods', '-o', 'name'))}); echo \"[$out]\""
+    done = subprocess.run(["bash", "-c", script], cwd=REPO, env=cli_env(lab, PERSIST),
+                          capture_output=True, timeout=30)
+    assert done.stdout == b"[pod/web]\n", done.stderr
+
+
+def stream(lab) -> tuple[subprocess.Popen, list[bytes]]:
+    """``k8s.kubectl -- stream`` (a tick every 0.5 s) through the keeper; its lines."""
+    proc = start_cli(lab, "k8s.kubectl", "--", "stream", env=PERSIST,
+                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines: list[bytes] = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, b"")),
+                     daemon=True).start()
+    wait_until(lambda: len(lines) >= 2, what="ticks")
+    return proc, lines
+
+
+def streaming(lab) -> bool:
+    return lab.running("runner", "kubectl-stream")
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupting_the_client_stops_the_remote_command_first(lab, plugins, sig, code):
+    warm(lab)
+    proc, _ = stream(lab)
+    os.kill(proc.pid, sig)
+    assert proc.wait(20) == code
+    assert not streaming(lab)  # gone before the client returned
+    assert b"interrupted" in proc.stderr.read()
+
+
+@pytest.mark.parametrize("how", ["kill", "freeze"])
+def test_a_killed_or_frozen_client_loses_its_remote_command_within_20_s(lab, plugins, how):
+    warm(lab)
+    proc, _ = stream(lab)
+    try:
+        os.kill(proc.pid, signal.SIGKILL if how == "kill" else signal.SIGSTOP)
+        wait_until(lambda: not streaming(lab), timeout=20, what="the remote command gone")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_ctrl_z_pauses_the_command_and_fg_resumes_it(lab, plugins):
+    warm(lab)
+    proc, lines = stream(lab)
+    try:
+        os.kill(proc.pid, signal.SIGTSTP)
+        wait_until(lambda: open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T",
+                   what="the client stopped")
+        time.sleep(1)
+        seen = len(lines)
+        time.sleep(12)  # past the heartbeat bound: a paused client is not a frozen one
+        assert len(lines) == seen and streaming(lab)
+        os.kill(proc.pid, signal.SIGCONT)
+        wait_until(lambda: len(lines) > seen + 10, what="the paused ticks, then new ones")
+        os.kill(proc.pid, signal.SIGINT)
+        assert proc.wait(20) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("how", ["kill", "freeze"])
+def test_a_killed_or_frozen_keeper_fails_its_clients_with_255_and_its_commands_end(
+    lab, plugins, how
+):
+    pid = warm(lab)
+    proc, _ = stream(lab)
+    try:
+        if how == "kill":
+            os.kill(pid, signal.SIGKILL)
+        else:
+            lab.freeze(pid)
+        assert proc.wait(25) == 255
+        err = proc.stderr.read().decode()
+        assert err.startswith("dapfab: keeper: the keeper") and str(pid) in err, err
+        wait_until(lambda: not streaming(lab), timeout=20, what="the remote command gone")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_keeper_that_does_not_answer_is_bypassed_and_replaced(lab):
+    stuck = warm(lab)
+    lab.freeze(stuck)
+    started = time.monotonic()
+    done = cli(lab, "k8s.kubectl", "--", "get", "pods", "-o", "name")
+    assert (done.returncode, done.stdout) == (0, b"pod/web\n"), done.stderr
+    assert time.monotonic() - started < 15
+    wait_until(lambda: lab.keepers() and stuck not in lab.keepers(), timeout=20,
+               what="a new keeper in place of the stuck one")
+    again = cli(lab, "k8s.kubectl", "--", "get", "pods", "-o", "name")
+    assert again.stdout == b"pod/web\n"
+
+
+def test_the_keeper_leaves_persist_seconds_after_its_last_call(lab):
+    done = cli(lab, "k8s.kubectl", "--", "version", "--client", env={"DAP_SSH_PERSIST": "2"})
+    assert done.returncode == 0
+    pid = keeper(lab)
+    wait_until(lambda: pid not in lab.keepers(), timeout=20, what="the idle keeper gone")
+    wait_until(lambda: not lab.running("runner", "dapfab-helper"), timeout=20,
+               what="its helper gone with it")
+
+
+def test_persist_0_starts_no_keeper(lab):
+    for _ in range(2):
+        assert cli(lab, "k8s.kubectl", "--", "version", "--client",
+                   env={"DAP_SSH_PERSIST": "0"}).returncode == 0
+    time.sleep(2)
+    assert lab.keepers() == []
+
+
+def test_config_show_and_disconnect(lab):
+    assert b"keeper: none" in cli(lab, "config.show").stdout
+    pid = warm(lab)
+    assert f"keeper: alive (pid {pid})".encode() in cli(lab, "config.show").stdout
+    done = cli(lab, "config.disconnect")
+    assert done.stdout == f"stopped 1 keeper(s) (pid {pid})\n".encode()
+    wait_until(lambda: not lab.keepers(), timeout=10, what="the keeper gone")
+    assert b"keeper: none" in cli(lab, "config.show").stdout
+
+
+def test_an_edited_known_hosts_never_reaches_the_old_keeper(lab):
+    old = warm(lab)
+    known = lab.known_hosts
+    saved = open(known, "rb").read()
+    try:
+        with open(known, "ab") as file:
+            file.write(b"# edited\n")
+        done = cli(lab, "k8s.kubectl", "--", "get", "pods", "-o", "name")
+        assert done.returncode == 0
+        wait_until(lambda: len(lab.keepers()) == 2, timeout=20, what="a keeper for the new file")
+        assert old in lab.keepers()
+    finally:
+        with open(known, "wb") as file:
+            file.write(saved)
+
+
+def test_fifty_processes_at_once_through_one_keeper(lab):
+    """Past MaxSessions (10) the keeper opens a second connection; none of the calls fails."""
+    warm(lab)
+    logins = sshd_logins(lab)["mgmt"]
+    code = "from dapfab import run_in_runner; from dapfab.config import RunnerConfig; import sys; " \
+           "r = run_in_runner(RunnerConfig.from_env(), f'sleep 2; echo {sys.argv[1]}', hide=True); " \
+           "print(r.stdout, end='')"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(n)], cwd=REPO,
+                              env=cli_env(lab, PERSIST), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for n in range(50)]
+    results = [(p.communicate(timeout=120), p.returncode) for p in procs]
+    assert [(out, rc) for (out, _), rc in results] == [(b"%d\n" % n, 0) for n in range(50)], \
+        [err for (_, err), _ in results if err][:3]
+    assert len(lab.keepers()) == 1
+    assert sshd_logins(lab)["mgmt"] > logins
+
+
+def test_the_keeper_says_nothing_to_another_user(lab):
+    """Even with its directory opened up, a keeper answers no process of another uid."""
+    from pathlib import Path
+
+    pid = warm(lab)
+    (sock,) = [lock.with_suffix(".sock") for lock in Path(lab.runtime_dir(), "dapfab").glob("*.lock")
+               if lock.read_text().split() == [str(pid)]]
+    opened = (lab.state_dir, lab.runtime_dir(), sock.parent, sock)
+    modes = [(p, p.stat().st_mode & 0o777) for p in opened]
+    code = (f"import socket, json, struct; s = socket.socket(socket.AF_UNIX); s.connect({str(sock)!r}); "
+            "h = json.dumps({'op': 'hello'}).encode(); s.sendall(struct.pack('!II', len(h), 0) + h); "
+            "s.settimeout(5)\ntry: print(repr(s.recv(100)))\nexcept ConnectionResetError: print(repr(b''))")
+    try:
+        for path, _ in modes:
+            path.chmod(0o777 if path == sock else 0o711)
+        done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                               sys.executable, "-I", "-c", code], capture_output=True, timeout=30)
+    finally:
+        for path, mode in modes:
+            path.chmod(mode)
+    assert done.stdout == b"b''\n", done.stderr  # closed without a word
+    assert lab.keepers() == [pid]

@@ -71,9 +71,22 @@ def dapfab_lab() -> Iterator[Any]:
 @pytest.fixture
 def lab(dapfab_lab: Any) -> Iterator[Any]:
     """The session's lab for one test, restored afterwards (links, sshd, runner, incus,
-    frozen processes)."""
+    frozen processes). With ``DAPFAB_LAB_PERSIST`` set, a keeper for the lab's connection
+    is up before the test starts, so its first call goes through it already."""
+    if dapfab_lab.persist != "0":
+        _start_keeper(dapfab_lab)
     yield dapfab_lab
     dapfab_lab.reset()
+
+
+def _start_keeper(lab: Any) -> None:
+    from dapfab.keeper import client
+    from dapfab.testing.waiting import wait_until
+
+    config = _config(lab)
+    if client.status(config) is None:
+        client.spawn(config)
+        wait_until(lambda: client.status(config) is not None, timeout=20, what="the lab's keeper")
 
 
 @pytest.fixture
@@ -85,10 +98,12 @@ def lab_reset(lab: Any) -> Any:
 @pytest.fixture
 def runner_config(lab: Any) -> Any:
     """A ``dapfab.config.RunnerConfig`` that reaches the lab's runner through its bastion."""
-    try:
-        from dapfab.config import RunnerConfig
-    except ImportError as err:
-        pytest.skip(f"dapfab.config.RunnerConfig is not available: {err}")
+    return _config(lab)
+
+
+def _config(lab: Any) -> Any:
+    from dapfab.config import RunnerConfig
+
     return RunnerConfig(
         ssh_host=lab.ssh_host,
         ssh_key=lab.ssh_key,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import subprocess
@@ -196,10 +197,11 @@ def test_runner_hop_failure_is_reported_even_when_the_channel_closed_before_the_
         real_send(self, data)
 
     monkeypatch.setattr(RemoteProcess, "_send", late_send)
+    direct = dataclasses.replace(runner_config, persist=0)  # this process's own channel
     lab.remove_incus()
     try:
         with pytest.raises(RunnerError) as caught:
-            run_in_runner(runner_config, "true", hide=True)
+            run_in_runner(direct, "true", hide=True)
     finally:
         lab.restore_incus()
     assert "not installed" in str(caught.value)

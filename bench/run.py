@@ -195,13 +195,14 @@ class Bench:
         row.passed = check(row.ratio, row.goal)  # type: ignore[arg-type]
         return row
 
-    def stdin(self, runs: int, size: int) -> Row:
-        """Row 3: ``size`` bytes of stdin into ``cat >/dev/null`` in the runner."""
+    def stdin(self, runs: int, size: int, number: int = 3, env: dict | None = None) -> Row:
+        """Row 3 (14 through a keeper): ``size`` bytes of stdin into ``cat >/dev/null``."""
+        env = env or self.env
 
         def piped(argv: list[str]) -> float:
             start = time.perf_counter()
             head = subprocess.Popen(["head", "-c", str(size), "/dev/zero"], stdout=subprocess.PIPE)
-            wall, _, code, _ = run_process(argv, env=self.env, stdin=head.stdout)
+            wall, _, code, _ = run_process(argv, env=env, stdin=head.stdout)
             assert head.stdout is not None
             head.stdout.close()
             head.wait()
@@ -215,18 +216,21 @@ class Bench:
             lambda: piped(self.ssh + ["mgmt", f"{self.incus} exec {self.vm} -- sh -c 'cat >/dev/null'"]),
         )
         ta, tb = size / MIB / statistics.median(a), size / MIB / statistics.median(b)
-        row = Row(3, f"stdin: {size // MIB} MiB into `cat >/dev/null`", f"{ta:.0f} MiB/s",
+        how = " through a keeper" if number != 3 else ""
+        row = Row(number, f"stdin: {size // MIB} MiB into `cat >/dev/null`{how}", f"{ta:.0f} MiB/s",
                   f"{tb:.0f} MiB/s", ta / tb, ">= 0.7")
         row.passed = check(row.ratio, row.goal)  # type: ignore[arg-type]
         return row
 
-    def stdout(self, runs: int, size: int) -> Row:
-        """Row 4: ``size`` bytes from the runner to the laptop's stdout; peak RSS of ours."""
+    def stdout(self, runs: int, size: int, number: int = 4, env: dict | None = None) -> Row:
+        """Row 4 (15 through a keeper): ``size`` bytes from the runner to the laptop's
+        stdout; peak RSS of ours."""
         rss: list[int] = []
+        env = env or self.env
 
         def ours() -> float:
             wall, peak, code, out = run_process([sys.executable, WORKERS, "stdout", str(size)],
-                                                env=self.env, sink=True)
+                                                env=env, sink=True)
             assert code == 0 and int(out) == size, (code, out)
             rss.append(peak)
             return wall
@@ -240,7 +244,8 @@ class Bench:
         a, b = interleave(runs, ours, theirs)
         ta, tb = size / MIB / statistics.median(a), size / MIB / statistics.median(b)
         peak = max(rss) / 1024
-        row = Row(4, f"stdout: {size // MIB} MiB to the laptop (peak RSS {peak:.0f} MiB, goal <= 80)",
+        how = " through a keeper" if number != 4 else ""
+        row = Row(number, f"stdout: {size // MIB} MiB to the laptop{how} (peak RSS {peak:.0f} MiB, goal <= 80)",
                   f"{ta:.0f} MiB/s", f"{tb:.0f} MiB/s", ta / tb, ">= 0.7")
         row.passed = check(row.ratio, row.goal) and peak <= 80  # type: ignore[arg-type]
         return row
@@ -387,6 +392,118 @@ class Bench:
                    f"{share:.1f} ms", "-", None, "<= 25 ms", share <= 25)
 
 
+    # -- the keeper (rows 10-15) ---------------------------------------------------------
+    @property
+    def kept(self) -> dict[str, str]:
+        """The environment of calls that use a keeper."""
+        return dict(self.env, DAP_SSH_PERSIST="60")
+
+    def keeper_up(self) -> None:
+        """A live keeper for the lab's connection (one call starts it; wait for it)."""
+        from dapfab.config import RunnerConfig
+        from dapfab.keeper import client
+
+        config = RunnerConfig.from_env(self.kept)
+        self.kubectl(self.kept)
+        deadline = time.monotonic() + 20
+        while client.status(config) is None:
+            assert time.monotonic() < deadline, "no keeper came up"
+            time.sleep(0.05)
+        self.kubectl(self.kept)  # its connection and helper are warm now
+
+    def keepers_down(self) -> None:
+        from dapfab.keeper import client
+
+        client.stop()
+
+    def kubectl(self, env: dict[str, str]) -> float:
+        """One ``inv k8s.kubectl -- get pods`` process; its wall time."""
+        wall, _, code, _ = run_process(self.inv + ["k8s.kubectl", "--", "get", "pods"],
+                                       cwd=str(self.project), env=env)
+        assert code == 0, f"inv k8s.kubectl exited {code}"
+        return wall
+
+    def ssh_call(self, master: bool) -> float:
+        argv = (self.via_master() if master else self.ssh) + ["mgmt", self.remote("kubectl get pods")]
+        wall, _, code, _ = run_process(argv)
+        assert code == 0, f"ssh exited {code}"
+        return wall
+
+    def keeper_calls(self, runs: int) -> list[Row]:
+        """Rows 10 and 11: ``inv k8s.kubectl -- get pods`` with a live keeper: dapfab's cost
+        above Invoke's own start-up against a ControlMaster call, and the whole call
+        against a cold ``ssh -J``."""
+        self.keeper_up()
+        self.master_up()
+        calls: dict[str, list[float]] = {"kept": [], "list": [], "master": [], "cold": []}
+        for _ in range(runs):
+            calls["kept"].append(self.kubectl(self.kept))
+            calls["list"].append(run_process(self.inv + ["--list"], cwd=str(self.empty),
+                                             env=self.env)[0])
+            calls["master"].append(self.ssh_call(master=True))
+            calls["cold"].append(self.ssh_call(master=False))
+        self.master_down()
+        kept, listing, master, cold = (statistics.median(v) for v in calls.values())
+        above = kept - listing
+        row10 = Row(10, f"keeper: `inv k8s.kubectl -- get pods` ({kept * 1000:.0f} ms) less "
+                    f"`inv --list` ({listing * 1000:.0f} ms), vs a ControlMaster call",
+                    f"{above * 1000:.0f} ms", f"{master * 1000:.0f} ms", above / master, "<= 1.5")
+        row10.passed = check(row10.ratio, row10.goal)  # type: ignore[arg-type]
+        row11 = Row(11, "keeper: `inv k8s.kubectl -- get pods` vs a cold `ssh -J`",
+                    f"{kept * 1000:.0f} ms", f"{cold * 1000:.0f} ms", kept / cold, "<= 0.5")
+        row11.passed = check(row11.ratio, row11.goal)  # type: ignore[arg-type]
+        return [row10, row11]
+
+    def runbook(self, runs: int, calls: int = 50) -> Row:
+        """Row 12: ``calls`` sequential ``inv k8s.kubectl`` from a shell loop (the first
+        starts the keeper) vs the same number of ``ssh -J`` calls."""
+
+        def loop(argv: list[str], env: dict[str, str], cwd: str | None) -> float:
+            script = f"for i in $(seq {calls}); do {shlex.join(argv)} >/dev/null || exit 1; done"
+            wall, _, code, _ = run_process(["bash", "-c", script], env=env, cwd=cwd)
+            assert code == 0, f"the loop exited {code}"
+            return wall
+
+        def ours() -> float:
+            self.keepers_down()
+            return loop(self.inv + ["k8s.kubectl", "--", "get", "pods"], self.kept, str(self.project))
+
+        a, b = interleave(runs, ours, lambda: loop(
+            self.ssh + ["mgmt", self.remote("kubectl get pods")], self.env, None))
+        ma, mb = statistics.median(a), statistics.median(b)
+        row = Row(12, f"{calls} sequential `inv k8s.kubectl -- get pods` (keeper) vs {calls} `ssh -J`",
+                  f"{ma:.1f} s", f"{mb:.1f} s", ma / mb, "<= 0.5")
+        row.passed = check(row.ratio, row.goal)  # type: ignore[arg-type]
+        return row
+
+    def first_call(self, runs: int) -> Row:
+        """Row 13: the first call (no keeper yet; it starts one after its output) vs the same
+        call with persist 0; keepers are stopped before every sample."""
+
+        def first() -> float:
+            self.keepers_down()
+            return self.kubectl(self.kept)
+
+        def without() -> float:
+            self.keepers_down()
+            return self.kubectl(dict(self.env, DAP_SSH_PERSIST="0"))
+
+        a, b = interleave(runs, first, without)
+        ma, mb = statistics.median(a), statistics.median(b)
+        row = Row(13, "first call (starts a keeper) vs persist 0: `inv k8s.kubectl -- get pods`",
+                  f"{ma * 1000:.0f} ms", f"{mb * 1000:.0f} ms (persist 0)", ma / mb, "<= 1.1")
+        row.passed = check(row.ratio, row.goal)  # type: ignore[arg-type]
+        self.keepers_down()
+        return row
+
+    def kept_streams(self, runs: int, size: int) -> list[Row]:
+        """Rows 14 and 15: rows 3 and 4 through a live keeper."""
+        self.keeper_up()
+        rows = [self.stdin(runs, size, 14, self.kept), self.stdout(runs, size, 15, self.kept)]
+        self.keepers_down()
+        return rows
+
+
 def dapfab_import_ms(report: str) -> float:
     """The summed self time (ms) of dapfab's modules in a ``-X importtime`` report."""
     total = 0
@@ -434,7 +551,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lab-id", type=int, default=int(os.environ.get("DAPFAB_LAB_ID") or 7))
     parser.add_argument("--reuse", action="store_true", help="use a lab that is up; leave it up")
-    parser.add_argument("--rows", default="1,2,3,4,5,6,7,8,9")
+    parser.add_argument("--rows", default=",".join(str(n) for n in range(1, 16)))
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args()
@@ -448,6 +565,7 @@ def main() -> int:
     if not reuse:
         print(f"bringing lab {args.lab_id} up ...", file=sys.stderr)
         lab.up()
+    os.environ["XDG_RUNTIME_DIR"] = str(lab.runtime_dir())  # the lab's keepers live there
     bench = Bench(lab, args.quick)
     q = args.quick
     rows: list[Row] = []
@@ -455,6 +573,12 @@ def main() -> int:
         ({1, 8}, lambda: rows.extend(r for r in bench.cold(3 if q else 7) if r.number in wanted)),
         ({7}, lambda: rows.append(bench.listing(5 if q else 11))),
         ({9}, lambda: rows.append(bench.import_share(3 if q else 7))),
+        ({10, 11}, lambda: rows.extend(r for r in bench.keeper_calls(5 if q else 11)
+                                       if r.number in wanted)),
+        ({12}, lambda: rows.append(bench.runbook(1 if q else 3))),
+        ({13}, lambda: rows.append(bench.first_call(3 if q else 7))),
+        ({14, 15}, lambda: rows.extend(r for r in bench.kept_streams(1 if q else 3, 256 * MIB)
+                                       if r.number in wanted)),
         ({2}, lambda: rows.append(bench.warm(1 if q else 3, 50 if q else 200))),
         ({3}, lambda: rows.append(bench.stdin(1 if q else 3, 256 * MIB))),
         ({4}, lambda: rows.append(bench.stdout(1 if q else 3, 256 * MIB))),
@@ -474,6 +598,7 @@ def main() -> int:
                       file=sys.stderr)
     finally:
         bench.master_down()
+        lab.stop_keepers()
         shutil.rmtree(bench.tmp, ignore_errors=True)
         if not reuse:
             lab.down()

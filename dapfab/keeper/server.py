@@ -48,6 +48,19 @@ class Keeper:
         self.stopping = threading.Event()
         self.socket_path = place.socket_path(place.directory(), self.identity.digest())
 
+    def stop(self) -> None:
+        """Stop taking calls at once (the socket goes away now), then exit."""
+        with self.lock:
+            if not self.stopping.is_set():
+                self.stopping.set()
+                self._unlink()
+
+    def _unlink(self) -> None:
+        try:
+            os.unlink(self.socket_path)
+        except OSError:
+            pass
+
     # -- lifetime --------------------------------------------------------------------------
     def serve(self) -> int:
         """Lock, listen and serve until idle for ``persist`` seconds or stopped; exit code."""
@@ -75,10 +88,9 @@ class Keeper:
             threading.Thread(target=self._warm, daemon=True).start()
             self._accept(listener)
         finally:
-            try:
-                os.unlink(self.socket_path)
-            except OSError:
-                pass
+            with self.lock:
+                if not self.stopping.is_set():
+                    self._unlink()
             listener.close()
             self.pool.close_all()
             os.close(lock)
@@ -144,7 +156,7 @@ class Session:
             got = self.reader.next(None)
             op = got[0].get("op") if got else None
             if op == "stop":
-                self.keeper.stopping.set()
+                self.keeper.stop()
                 wire.send(self.conn, {"op": "stopped"})
             elif op == "run":
                 self._run(*got)

@@ -30,12 +30,14 @@ from dapfab.errors import ConfigError, DapError, shown
 from dapfab.tasks.edge import reported
 
 # The keys config.init writes: (dotted path under dap, task parameter, prompt).
-# What config.init asks for: the runner keys that have a flag (--ssh-host -> ssh_host ...).
+# What config.init asks for: the runner keys that have a flag (--ssh-host -> ssh_host ...);
+# ASK_KEYS of them on a terminal, the others only when given as flags (--persist).
 INIT_KEYS = tuple(
     (key.path, key.flag.lstrip("-").replace("-", "_"), key.help)
     for key in KEYS
-    if key.section == "runner" and key.flag
+    if key.section in ("runner", "ssh") and key.flag
 )
+ASK_KEYS = {path for path, _, _ in INIT_KEYS if path.startswith("runner.")}
 
 
 def _config_basename(c: Context) -> str:
@@ -107,6 +109,7 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
         "ssh_key": "private key file for the SSH hops (referenced, never copied)",
         "vm": "runner VM name, the incus instance (optionally remote:name)",
         "gateway": "bastion host the SSH connection jumps through: user@host[:port]",
+        "persist": "seconds a keeper holds the connection after the last call (0: no keeper)",
         "force": "overwrite values the file already sets differently",
         "env": "print `export DAP_...=...` lines for a shell instead of writing a file",
     },
@@ -120,6 +123,7 @@ def init(
     ssh_key: str | None = None,
     vm: str | None = None,
     gateway: str | None = None,
+    persist: str | None = None,
     force: bool = False,
     env: bool = False,
 ) -> None:
@@ -129,26 +133,31 @@ def init(
     the values given as flags. Keeps every other key and comment, never overwrites a
     different value without --force, writes atomically with mode 0600.
     """
-    flags = {"ssh_host": ssh_host, "ssh_key": ssh_key, "vm": vm, "gateway": gateway}
+    flags = {"ssh_host": ssh_host, "ssh_key": ssh_key, "vm": vm, "gateway": gateway,
+             "persist": persist}
     target = None if env else init_target(c, path, user)
     current = resolve(c.config, profile_from_env=False)
     chosen: dict[str, Any] = {}
     interactive = sys.stdin.isatty()
     for dotted, parameter, label in INIT_KEYS:
-        value = flags[parameter] or None
-        if value is None and interactive:
+        value = flags[parameter] if flags[parameter] not in (None, "") else None
+        if value is None and interactive and dotted in ASK_KEYS:
             value = _ask(label, current.value(dotted), required=parameter == "ssh_host")
         if value is not None:
             chosen[dotted] = value
     if not chosen:
         raise ConfigError(
             "nothing to write",
-            hint="give --ssh-host, --ssh-key, --vm or --gateway (or run on a terminal to be asked)",
+            hint="give --ssh-host, --ssh-key, --vm, --gateway or --persist (or run on a terminal "
+            "to be asked)",
         )
     # Validate with the same rules as a connection would, before anything is written.
     effective = RunnerConfig.from_settings(
         resolve(c.config, profile_from_env=False, overrides=chosen)
     )
+    if "ssh.persist" in chosen:  # written as the number it is, not as a string
+        seconds = effective.persist
+        chosen["ssh.persist"] = int(seconds) if seconds.is_integer() else seconds
     values = _nest(chosen)
     if env:
         for line in export_lines(values):

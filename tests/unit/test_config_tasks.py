@@ -91,6 +91,7 @@ def test_init_help_documents_every_flag(project):
         "--ssh-key",
         "--vm",
         "--gateway",
+        "--persist",
         "--force",
         "--env",
     ):
@@ -167,6 +168,18 @@ def test_show_refuses_an_unknown_profile_with_exit_2(project):
     assert_one_line_error(
         project.inv("config.show", "--runner", "nope"), 2, "known profiles: lab, prod"
     )
+
+
+def test_init_writes_persist_as_a_number_and_refuses_a_bad_one(project):
+    done = project.inv("config.init", "--persist", "30")
+    assert done.returncode == 0, done.stderr
+    assert yaml.safe_load(project.yaml.read_text()) == {"dap": {"ssh": {"persist": 30}}}
+    before = project.yaml.read_bytes()
+    assert_one_line_error(project.inv("config.init", "--persist", "-1", "--force"), 2,
+                          "invalid persist time")
+    assert project.yaml.read_bytes() == before
+    shown = project.inv("config.show").stdout
+    assert any(line.split()[:2] == ["dap.ssh.persist", "30"] for line in shown.splitlines())
 
 
 def test_init_refuses_a_different_value_and_leaves_the_file_untouched(project):

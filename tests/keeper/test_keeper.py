@@ -210,6 +210,14 @@ def test_config_show_and_disconnect(lab):
     assert done.stdout == f"stopped 1 keeper(s) (pid {pid})\n".encode()
     wait_until(lambda: not lab.keepers(), timeout=10, what="the keeper gone")
     assert b"keeper: none" in cli(lab, "config.show").stdout
+    first = warm(lab)
+    cli(lab, "k8s.kubectl", "--", "version", "--client", env={"DAP_SSH_CONNECT_TIMEOUT": "9"})
+    second = wait_until(lambda: [p for p in lab.keepers() if p != first], timeout=20,
+                        what="a keeper of another identity")
+    done = cli(lab, "config.disconnect", "--all")
+    assert done.stdout.startswith(b"stopped 2 keeper(s)"), done.stdout
+    wait_until(lambda: not lab.keepers(), timeout=10, what="both keepers gone")
+    assert second
 
 
 def test_an_edited_known_hosts_never_reaches_the_old_keeper(lab):
@@ -267,3 +275,26 @@ def test_the_keeper_says_nothing_to_another_user(lab):
             path.chmod(mode)
     assert done.stdout == b"b''\n", done.stderr  # closed without a word
     assert lab.keepers() == [pid]
+
+
+def test_two_keepers_never_serve_one_connection(lab, keeper_config):
+    """Keepers started at once for one identity: the lock leaves exactly one."""
+    from dapfab.keeper import client
+
+    for _ in range(4):
+        client.spawn(keeper_config)
+    wait_until(lambda: client.status(keeper_config) is not None, timeout=20, what="a keeper")
+    time.sleep(2)  # the losers have long exited by now
+    assert len(lab.keepers()) == 1
+    alive = [pid for pid in (int(x) for x in os.listdir("/proc") if x.isdigit())
+             if b"dapfab.keeper" in _read(f"/proc/{pid}/cmdline")
+             and lab.runtime_dir().as_posix().encode() in _read(f"/proc/{pid}/environ")]
+    assert alive == lab.keepers()
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError:
+        return b""

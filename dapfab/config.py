@@ -80,6 +80,8 @@ KEYS: tuple[Key, ...] = (
     Key("ssh.persist", "DAP_SSH_PERSIST", 60,
         "seconds a keeper holds the connection after its last call (0: no keeper)", "persist",
         "--persist"),
+    Key("fanout.parallel", "DAP_FANOUT_PARALLEL", 10,
+        "runners a fan-out (--runner a,b or @group) runs at once", None, "--parallel"),
     Key("kubectl.namespace", "DAP_KUBECTL_NAMESPACE", None, "kubectl --namespace", None,
         "--namespace"),
     Key("kubectl.context", "DAP_KUBECTL_CONTEXT", None, "kubectl --context", None, "--context"),
@@ -93,13 +95,14 @@ def _defaults() -> dict[str, Any]:
     for key in KEYS:
         tree.setdefault(key.section, {})[key.name] = key.default
     tree["runners"] = {}
+    tree["groups"] = {}
     return tree
 
 
 DEFAULTS: dict[str, Any] = _defaults()
 PROFILE_ENV = "DAP_RUNNER"
 
-_SECTIONS = ("runner", "ssh", "kubectl")
+_SECTIONS = ("runner", "ssh", "fanout", "kubectl")
 _HOST_BAD = re.compile(r"[\s\x00-\x1f\x7f]")
 _INCUS_CLIENT = re.compile(r"[A-Za-z0-9_./+][A-Za-z0-9_./+-]*")
 
@@ -465,6 +468,50 @@ def _profile_settings(
         where = "" if file_source in ("default", "config") else f" ({file_source})"
         values[path] = (value, f"profile {profile}{where}")
     return values
+
+
+def runner_names(
+    config: Any, spec: str | None = None, *, environ: Mapping[str, str] | None = None
+) -> list[str] | None:
+    """The runner profiles ``spec`` (else ``DAP_RUNNER``) names, in order: ``a,b,c`` and
+    ``@GROUP`` (``dap.groups.GROUP``: a list of profiles), mixed; duplicates dropped, the
+    first position kept. None when neither names any (the default runner). Every name is
+    checked here, before anything runs: ConfigError (exit 2) for an unknown one."""
+    environ = os.environ if environ is None else environ
+    spec = spec if spec not in (None, "") else (environ.get(PROFILE_ENV) or None)
+    if spec is None:
+        return None
+    tree = _dap_tree(config)
+    groups = tree.get("groups") or {}
+    if not isinstance(groups, Mapping):
+        raise ConfigError(f"dap.groups must be a mapping, not {groups!r}",
+                          hint="give dap.groups NAME: [profile, ...]")
+    names: list[str] = []
+    for word in (part.strip() for part in str(spec).split(",")):
+        if not word:
+            raise ConfigError(f"empty runner name in {spec!r}", hint="give --runner a,b or @group")
+        members = _group(groups, word[1:]) if word.startswith("@") else [word]
+        for name in members:
+            validate_name("profile", name)
+            if name not in tree["runners"]:
+                known = ", ".join(sorted(map(str, tree["runners"]))) or "none defined"
+                raise ConfigError(f"unknown runner profile {name!r}",
+                                  hint=f"known profiles: {known}; define it under dap.runners.{name}")
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def _group(groups: Mapping[str, Any], name: str) -> list[str]:
+    """The profiles of group ``name``; ConfigError if it is unknown or not a list of names."""
+    if name not in groups:
+        known = ", ".join(sorted(map(str, groups))) or "none defined"
+        raise ConfigError(f"unknown runner group {name!r}",
+                          hint=f"known groups: {known}; define it as dap.groups.{name}: [profile, ...]")
+    members = groups[name]
+    if not isinstance(members, (list, tuple)) or not all(isinstance(m, str) for m in members):
+        raise ConfigError(f"dap.groups.{name} must be a list of profile names, not {members!r}")
+    return list(members)
 
 
 def _profile_values(name: str, profile: Any) -> dict[str, tuple[Any, tuple[str, ...]]]:

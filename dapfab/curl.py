@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dapfab.commands import validate_seconds, validate_url
 from dapfab.errors import ConfigError, CurlError
@@ -232,16 +233,32 @@ def runner_curl(
     data: bytes | str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     insecure: bool = False,
+    abort: threading.Event | None = None,
 ) -> Response:
     """Run curl in the runner; return its :class:`Response` (any HTTP status, body exact).
 
     ``headers``: a mapping or ``"K: V"`` strings. ``data``: the request body (bytes or str).
     Non-HTTP failures (refused, DNS, timeout, TLS) raise :class:`~dapfab.errors.CurlError`
     with curl's exit code and message; the SSH and runner hops raise their own errors.
+    ``abort`` (set from another thread, as fan-out does) stops the request.
     """
     from dapfab.errors import DapTimeout
-    from dapfab.run import run_in_runner
+    from dapfab.execution import run_command
 
+    script, payload, timeout = _request(url, method, headers, data, timeout, insecure)
+    try:
+        result = run_command(config, script, hide=True, in_stream=io.BytesIO(payload),
+                             timeout=timeout + 30.0, abort=abort)
+    except DapTimeout as err:
+        err.hop = "curl"
+        raise
+    return _response(result)
+
+
+def _request(
+    url: str, method: str, headers: Any, data: bytes | str | None, timeout: float, insecure: bool
+) -> tuple[str, bytes, float]:
+    """The VM script, its stdin (curl's config, then the body) and the validated timeout."""
     url = validate_url(url)
     timeout = validate_seconds(timeout, what="timeout")
     if not isinstance(method, str) or not _METHOD.fullmatch(method):
@@ -253,16 +270,7 @@ def runner_curl(
         url, method=method.upper(), headers=header_lines(headers), timeout=timeout, insecure=insecure
     )
     payload = curl_conf + (bytes(body) if body is not None else b"")
-    script = curl_script(len(curl_conf), None if body is None else len(body))
-    try:
-        result = run_in_runner(
-            config, script, hide=True, warn=True, in_stream=io.BytesIO(payload),
-            timeout=timeout + 30.0,
-        )
-    except DapTimeout as err:
-        err.hop = "curl"
-        raise
-    return _response(result)
+    return curl_script(len(curl_conf), None if body is None else len(body)), payload, timeout
 
 
 def _response(result: Result) -> Response:

@@ -24,7 +24,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from dapfab import compat
 from dapfab.connection import POOL, Pool
-from dapfab.errors import DapError, DapTimeout, OutputClosed, RunnerError
+from dapfab.errors import DapError, DapTimeout, Interrupted, OutputClosed, RunnerError
 from dapfab.keeper import client as keeper
 from dapfab.remote import launcher
 from dapfab.remote.incus import EXIT_ERROR_LINES, runner_failure
@@ -268,8 +268,10 @@ class RemoteProcess:
         in_stream: Any = None,
         reuse: bool = False,
         pool: Pool | None = None,
+        abort: threading.Event | None = None,
     ) -> None:
         self.config = config
+        self.abort = abort  # set by another thread: wait() stops the command, raises Interrupted
         self.command = command
         self.pool = pool if pool is not None else POOL
         self.sinks = (on_stdout, on_stderr)
@@ -554,6 +556,8 @@ class RemoteProcess:
                 self.channel.closed and not self.channel.exit_status_ready()
             ):
                 raise self.link.lost_error()
+            if self.abort is not None and self.abort.is_set():
+                raise Interrupted("stopped with the others", hop="laptop")
             if deadline is not None and time.monotonic() > deadline:
                 raise DapTimeout(
                     f"command still running after {timeout:g} s; stopped it",
@@ -588,7 +592,7 @@ class RemoteProcess:
         self.strategy.release()
 
 
-def _hidden(hide: Any) -> tuple[bool, bool]:
+def hide_flags(hide: Any) -> tuple[bool, bool]:
     """Invoke's ``hide`` vocabulary: (hide stdout, hide stderr)."""
     if hide in (None, False):
         return False, False
@@ -638,7 +642,9 @@ def _output_error(name: str, exc: OSError) -> DapError:
     )
 
 
-def _default_in_stream(in_stream: Any) -> Any:
+def caller_stdin(in_stream: Any) -> Any:
+    """The stdin a command gets: ``in_stream``; by default (None) this process's stdin,
+    unless that is a terminal or /dev/null (then none); ``False``: none."""
     if in_stream is False:
         return None
     if in_stream is not None:
@@ -664,17 +670,19 @@ def run_command(
     timeout: float | None = None,
     out_stream: IO[Any] | None = None,
     err_stream: IO[Any] | None = None,
+    abort: threading.Event | None = None,
 ) -> Result:
     """Run shell code in the VM without a pty and return its :class:`Result`, whatever its
     exit code: the core of :func:`dapfab.run.run_in_runner` (which adds dry/echo, the pty
     path and ``warn``). With ``config.persist``, through the connection's keeper if one is
-    alive (docs/design.md §12); a direct call starts one when it is done."""
-    hide_out, hide_err = _hidden(hide)
-    in_stream = _default_in_stream(in_stream)
+    alive (docs/design.md §12); a direct call starts one when it is done. Setting ``abort``
+    (from another thread) stops the command and raises Interrupted once it is gone."""
+    hide_out, hide_err = hide_flags(hide)
+    in_stream = caller_stdin(in_stream)
     if config.persist:
         result = keeper.run(config, command, hide_out=hide_out, hide_err=hide_err,
                             in_stream=in_stream, timeout=timeout, out_stream=out_stream,
-                            err_stream=err_stream)
+                            err_stream=err_stream, abort=abort)
         if result is not None:
             return result
     captured: dict[str, list[bytes]] = {"out": [], "err": []}
@@ -682,7 +690,7 @@ def run_command(
     on_stderr = captured["err"].append if hide_err else _StreamSink(err_stream or sys.stderr)
     process = RemoteProcess(
         config, command, on_stdout=on_stdout, on_stderr=on_stderr, in_stream=in_stream,
-        reuse=True,
+        reuse=True, abort=abort,
     )
     with process:
         code = process.wait(timeout)

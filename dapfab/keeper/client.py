@@ -56,6 +56,7 @@ def run(
     timeout: float | None,
     out_stream: IO[Any] | None,
     err_stream: IO[Any] | None,
+    abort: threading.Event | None = None,
 ) -> Result | None:
     """Run ``command`` through the config's keeper: its Result, or None if no keeper took it."""
     sock = _connect(config)
@@ -65,7 +66,7 @@ def run(
         call = _Call(sock, command, hide_out, hide_err, out_stream, err_stream)
         if not call.send(config, in_stream):
             return None
-        return call.follow(timeout)
+        return call.follow(timeout, abort)
 
 
 def _connect(config: RunnerConfig) -> socket.socket | None:
@@ -229,12 +230,12 @@ class _Call:
         self.input_pipe = read_end
         return read_end
 
-    def follow(self, timeout: float | None) -> Result:
+    def follow(self, timeout: float | None, abort: threading.Event | None = None) -> Result:
         """Heartbeat and collect output until the keeper sends the outcome."""
         deadline = None if timeout is None else time.monotonic() + timeout
         previous = self._on_tstp()
         try:
-            outcome = self._loop(deadline, timeout)
+            outcome = self._loop(deadline, timeout, abort)
         except errors.SSHError as err:
             if err.hop != "keeper":
                 self._quit()
@@ -251,7 +252,8 @@ class _Call:
             return Result(self.command, int(outcome["code"]), out, err)
         raise _error(outcome)
 
-    def _loop(self, deadline: float | None, timeout: float | None) -> dict[str, Any]:
+    def _loop(self, deadline: float | None, timeout: float | None,
+              abort: threading.Event | None) -> dict[str, Any]:
         import select
 
         self.heard = sent = time.monotonic()
@@ -292,6 +294,8 @@ class _Call:
                     with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGKILL)
                 raise _keeper_lost(self.sock, f"stopped answering for {HEARTBEAT_TIMEOUT} s; killed it")
+            if abort is not None and abort.is_set():
+                raise errors.Interrupted("stopped with the others", hop="laptop")
             if deadline is not None and now > deadline:
                 raise errors.DapTimeout(f"command still running after {timeout:g} s; stopped it",
                                         hop="runner", hint="raise the timeout")

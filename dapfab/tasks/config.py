@@ -27,7 +27,7 @@ from dapfab.config import (
 )
 from dapfab.configfile import export_lines, write_dap_section
 from dapfab.errors import ConfigError, DapError, shown
-from dapfab.tasks.edge import reported
+from dapfab.tasks.edge import reported, resolve_runners
 
 # The keys config.init writes: (dotted path under dap, task parameter, prompt).
 # What config.init asks for: the runner keys that have a flag (--ssh-host -> ssh_host ...);
@@ -137,14 +137,7 @@ def init(
              "persist": persist}
     target = None if env else init_target(c, path, user)
     current = resolve(c.config, profile_from_env=False)
-    chosen: dict[str, Any] = {}
-    interactive = sys.stdin.isatty()
-    for dotted, parameter, label in INIT_KEYS:
-        value = flags[parameter] if flags[parameter] not in (None, "") else None
-        if value is None and interactive and dotted in ASK_KEYS:
-            value = _ask(label, current.value(dotted), required=parameter == "ssh_host")
-        if value is not None:
-            chosen[dotted] = value
+    chosen = _chosen_values(flags, current)
     if not chosen:
         raise ConfigError(
             "nothing to write",
@@ -176,6 +169,19 @@ def init(
         print(f"note: the key file {effective.ssh_key} does not exist (yet)", file=sys.stderr)
 
 
+def _chosen_values(flags: dict[str, Any], current: Settings) -> dict[str, Any]:
+    """What config.init writes: the flags given, and on a terminal the answers asked for."""
+    chosen: dict[str, Any] = {}
+    interactive = sys.stdin.isatty()
+    for dotted, parameter, label in INIT_KEYS:
+        value = flags[parameter] if flags[parameter] not in (None, "") else None
+        if value is None and interactive and dotted in ASK_KEYS:
+            value = _ask(label, current.value(dotted), required=parameter == "ssh_host")
+        if value is not None:
+            chosen[dotted] = value
+    return chosen
+
+
 def show_lines(settings: Settings) -> list[str]:
     """The table ``config.show`` prints: one ``key  value  source`` line per setting."""
     rows = []
@@ -201,7 +207,16 @@ def show_lines(settings: Settings) -> list[str]:
 )
 @reported
 def show(c: Context, runner: str | None = None) -> None:
-    """Show the effective dap settings and where each one comes from."""
+    """Show the effective dap settings and where each one comes from (each runner's, for
+    --runner a,b or @GROUP)."""
+    names = resolve_runners(c, runner)
+    for index, name in enumerate(names or [None]):
+        if names is not None and len(names) > 1:
+            print(("\n" if index else "") + f"== runner {name} ==")
+        _show_one(c, name)
+
+
+def _show_one(c: Context, runner: str | None) -> None:
     settings = resolve(c.config, runner=runner)
     for line in show_lines(settings):
         print(shown(line))
@@ -259,17 +274,24 @@ def doctor(c: Context, runner: str | None = None) -> None:
     from dapfab.connection import POOL
     from dapfab.doctor import doctor as run_doctor
 
-    def load() -> RunnerConfig:
-        config = RunnerConfig.from_invoke_config(c.config, runner=runner)
-        kubectl_defaults(c.config, runner=runner)
-        return config
+    names = resolve_runners(c, runner)
+    first_failure = 0
+    for index, name in enumerate(names or [None]):
+        if names is not None and len(names) > 1:
+            print(("\n" if index else "") + f"== runner {name} ==", flush=True)
 
-    try:
-        code = run_doctor(load, emit=lambda line: print(line, flush=True))
-    finally:
-        POOL.close_all()
-    if code:
-        raise Exit(code=code)
+        def load(name: str | None = name) -> RunnerConfig:
+            config = RunnerConfig.from_invoke_config(c.config, runner=name)
+            kubectl_defaults(c.config, runner=name)
+            return config
+
+        try:
+            code = run_doctor(load, emit=lambda line: print(line, flush=True))
+        finally:
+            POOL.close_all()
+        first_failure = first_failure or code
+    if first_failure:
+        raise Exit(code=first_failure)
 
 
 ns = Collection("config", init, show, doctor, disconnect)

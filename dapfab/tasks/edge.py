@@ -122,7 +122,9 @@ def command_line_remainder(task: Task) -> list[str] | None:
     return argv[argv.index("--") + 1 :]
 
 
-RUNNER_HELP = "named runner profile (dap.runners.NAME); default: $DAP_RUNNER or dap.runner"
+RUNNER_HELP = ("named runner profile (dap.runners.NAME); several at once: a,b or @GROUP "
+               "(dap.groups.GROUP); default: $DAP_RUNNER or dap.runner")
+PARALLEL_HELP = "with several runners: how many run at once (default: dap.fanout.parallel, 10)"
 NAMESPACE_HELP = "kubectl --namespace (default: dap.kubectl.namespace)"
 CONTEXT_HELP = "kubectl --context (default: dap.kubectl.context)"
 
@@ -161,6 +163,30 @@ def resolve_call(
         validate_namespace(namespace) if namespace is not None else default_ns,
         validate_context(context) if context is not None else default_ctx,
     )
+
+
+def resolve_runners(c: Context, runner: str | None) -> list[str] | None:
+    """The profiles ``--runner`` (or ``DAP_RUNNER``) names: ``a,b`` and ``@GROUP``, all
+    checked before anything runs; None for the default runner."""
+    from dapfab.config import runner_names
+
+    return runner_names(c.config, runner)
+
+
+def fan_out_parallel(c: Context, parallel: str | None) -> int:
+    """``--parallel``, else ``dap.fanout.parallel`` (``DAP_FANOUT_PARALLEL``): at least 1."""
+    from dapfab.config import resolve
+    from dapfab.errors import ConfigError
+
+    value = parallel if parallel is not None else resolve(c.config, profile_from_env=False).value(
+        "fanout.parallel")
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ConfigError(f"invalid --parallel {value!r}", hint="give a whole number of runners, 1 or more")
+    return number
 
 
 def run_options(c: Context) -> dict[str, bool]:

@@ -11,13 +11,16 @@ from dapfab.config import DEFAULTS, RunnerConfig
 from dapfab.tasks.edge import (
     CONTEXT_HELP,
     NAMESPACE_HELP,
+    PARALLEL_HELP,
     RUNNER_HELP,
     Call,
     DapTask,
     announce,
     command_line_remainder,
+    fan_out_parallel,
     reported,
     resolve_call,
+    resolve_runners,
     run_options,
 )
 
@@ -30,6 +33,7 @@ from dapfab.tasks.edge import (
         "namespace": NAMESPACE_HELP,
         "context": CONTEXT_HELP,
         "runner": RUNNER_HELP,
+        "parallel": PARALLEL_HELP,
         "args": "for Python callers only: kubectl(c, args=[...]); on the command line put "
         "kubectl's arguments after `--`, where they arrive byte for byte",
     },
@@ -40,6 +44,7 @@ def kubectl(
     namespace: str | None = None,
     context: str | None = None,
     runner: str | None = None,
+    parallel: str | None = None,
     args: list[str] | None = None,
 ) -> None:
     """Run kubectl in the runner VM: inv k8s.kubectl [-n NS] -- ARGS...
@@ -48,14 +53,21 @@ def kubectl(
     stdout/stderr stream, stdin passes through (`apply -f -`), the exit code is kubectl's;
     on a terminal, `exec -it`, `edit` and `attach` get a pty.
     """
-    from dapfab.errors import CommandError
+    from dapfab.errors import CommandError, ConfigError
     from dapfab.run import kubectl_in_runner
     from dapfab.terminal import on_terminal, wants_pty
 
     words = command_line_remainder(kubectl)
     if words is None:
         words = list(args or [])
-    call = resolve_call(c, runner, namespace, context)
+    names = resolve_runners(c, runner)
+    if names is not None and len(names) > 1:
+        if wants_pty(words):
+            raise ConfigError(f"a terminal session (exec -it, edit, attach) runs on one runner, "
+                              f"not {len(names)}", hint="give --runner a single profile")
+        _kubectl_fan_out(c, names, words, namespace, context, parallel)
+        return
+    call = resolve_call(c, names[0] if names else None, namespace, context)
     pty = wants_pty(words) and on_terminal()
     try:
         kubectl_in_runner(
@@ -77,6 +89,39 @@ def kubectl(
             )
             print(render(hint), file=sys.stderr, flush=True)
         raise Exit(code=err.exit_code) from None
+
+
+def _kubectl_fan_out(c: Context, names: list[str], words: list[str], namespace: str | None,
+                     context: str | None, parallel: str | None) -> None:
+    """``k8s.kubectl`` on several runners at once: prefixed lines, a summary, the exit code
+    of the first runner (in order) that failed."""
+    from dapfab.commands import incus_command, kubectl_command
+    from dapfab.fanout import run_in_runners
+
+    calls = {name: resolve_call(c, name, namespace, context) for name in names}
+    commands = {name: kubectl_command(words, namespace=call.namespace, context=call.context)
+                for name, call in calls.items()}
+    references = [f"[{name}] {incus_command(call.config, commands[name])}"
+                  for name, call in calls.items()]
+    if announce(c, "\n".join(references)):
+        return
+    outcomes = run_in_runners({name: call.config for name, call in calls.items()}, commands,
+                              parallel=fan_out_parallel(c, parallel), warn=True)
+    _finish_fan_out(outcomes)
+
+
+def _finish_fan_out(outcomes: dict[str, Any]) -> None:
+    """The summary on stderr, one line per runner; exit with the first failure's code."""
+    import sys
+
+    from dapfab.errors import shown
+    from dapfab.fanout import exit_code
+
+    for outcome in outcomes.values():
+        print(shown(f"dapfab: {outcome.summary()}"), file=sys.stderr, flush=True)
+    code = exit_code(outcomes)
+    if code:
+        raise Exit(code=code)
 
 
 def _kubectl_present(config: RunnerConfig) -> bool:
@@ -134,7 +179,13 @@ def forward(
         if laptop_port is None
         else validate_port(laptop_port, allow_zero=True, what="--laptop-port")
     )
-    call = resolve_call(c, runner, namespace, context)
+    names = resolve_runners(c, runner)
+    if names is not None and len(names) > 1:
+        from dapfab.errors import ConfigError
+
+        raise ConfigError(f"a forward runs on one runner, not {len(names)}",
+                          hint="give --runner a single profile")
+    call = resolve_call(c, names[0] if names else None, namespace, context)
     dry = forward_dry_command(forward_command(
         target, remote_port, local_port=runner_port, namespace=call.namespace, context=call.context
     ))
@@ -244,6 +295,7 @@ def response_json(response: Any) -> dict[str, Any]:
         "json": "print {status, headers, body} as JSON: headers maps each lower-cased name to "
         "the list of its values; body_base64 instead of body when not UTF-8",
         "timeout": "seconds curl may take, more than 0 (default 30)",
+        "parallel": PARALLEL_HELP,
     },
 )
 @reported
@@ -257,6 +309,7 @@ def curl(
     no_fail: bool = False,
     json: bool = False,
     timeout: str | None = None,
+    parallel: str | None = None,
 ) -> None:
     """Run curl in the runner: body to stdout, `HTTP <status>` to stderr; exit 22 on >= 400."""
     import json as jsonlib
@@ -269,14 +322,20 @@ def curl(
     url = validate_url(url)
     headers = header_lines(_header_args(header or []))
     seconds = validate_seconds(timeout if timeout is not None else 30, what="--timeout")
-    config = resolve_call(c, runner).config
+    names = resolve_runners(c, runner)
     body = _request_body(data)
     verb = (method or ("POST" if body is not None else "GET")).upper()
     size = None if body is None else len(body)
     dry = curl_dry_argv(url, method=verb, headers=headers, timeout=seconds, body_size=size)
+    request = {"method": verb, "headers": headers, "data": body, "timeout": seconds}
+    if names is not None and len(names) > 1:
+        _curl_fan_out(c, names, url, request, join(dry), json=json, no_fail=no_fail,
+                      parallel=parallel)
+        return
+    config = resolve_call(c, names[0] if names else None).config
     if announce(c, incus_command(config, join(dry))):
         return
-    response = runner_curl(config, url, method=verb, headers=headers, data=body, timeout=seconds)
+    response = runner_curl(config, url, **request)
     print(f"HTTP {response.status}", file=sys.stderr, flush=True)
     if json:
         print(jsonlib.dumps(response_json(response), indent=2, ensure_ascii=False), flush=True)
@@ -285,6 +344,41 @@ def curl(
         sys.stdout.buffer.flush()
     if response.status >= 400 and not no_fail:
         raise Exit(code=22)
+
+
+def _curl_fan_out(c: Context, names: list[str], url: str, request: dict[str, Any], dry: str, *,
+                  json: bool, no_fail: bool, parallel: str | None) -> None:
+    """``k8s.curl`` on several runners at once: each body with its prefix (or one JSON
+    object per line, ``runner`` first), ``[name] HTTP <status>`` on stderr, a summary."""
+    import json as jsonlib
+    import sys
+    import threading
+
+    from dapfab.commands import incus_command
+    from dapfab.curl import runner_curl
+    from dapfab.fanout import fan_out, printers
+
+    configs = {name: resolve_call(c, name).config for name in names}
+    if announce(c, "\n".join(f"[{name}] {incus_command(config, dry)}" for name, config in configs.items())):
+        return
+    lock = threading.Lock()
+
+    def work(name: str, _index: int, abort: threading.Event) -> tuple[Any, int]:
+        response = runner_curl(configs[name], url, abort=abort, **request)
+        out, err = printers(name, lock)
+        assert out is not None and err is not None
+        err.write(b"HTTP %d\n" % response.status)
+        if json:
+            line = jsonlib.dumps({"runner": name, **response_json(response)}, ensure_ascii=False)
+            with lock:
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+        else:
+            out.write(response.body)
+            out.close()
+        return response, 22 if response.status >= 400 and not no_fail else 0
+
+    _finish_fan_out(fan_out(names, work, parallel=fan_out_parallel(c, parallel)))
 
 
 ns = Collection("k8s", kubectl, forward, curl)

@@ -504,6 +504,54 @@ class Bench:
         return rows
 
 
+    # -- fan-out (rows 16, 17) ------------------------------------------------------------
+    def fanout_sleep(self, runs: int) -> Row:
+        """Row 16: a 3-second command on 8 runners at once vs on one (the lab has one runner
+        VM: 8 profile names for it, so both share one connection)."""
+
+        def wall(runners: int) -> float:
+            done = subprocess.run([sys.executable, WORKERS, "fanout", str(runners), "3"],
+                                  env=self.env, capture_output=True, text=True, check=True)
+            return json.loads(done.stdout.strip().splitlines()[-1])["wall"]
+
+        a, b = interleave(runs, lambda: wall(8), lambda: wall(1))
+        ma, mb = statistics.median(a), statistics.median(b)
+        row = Row(16, "fan-out: `sleep 3` on 8 runners vs on 1 runner (both dapfab)",
+                  f"{ma:.2f} s", f"{mb:.2f} s (1 runner)", ma / mb, "<= 1.3")
+        row.passed = check(row.ratio, row.goal)  # type: ignore[arg-type]
+        return row
+
+    def fanout_kubectl(self, runs: int) -> Row:
+        """Row 17: ``inv k8s.kubectl --runner @eight -- get pods`` vs a shell loop of 8
+        ``ssh -J`` calls."""
+        group = self.tmp / "group"
+        group.mkdir(exist_ok=True)
+        names = [f"r{n}" for n in range(8)]
+        (group / "tasks.py").write_text((self.project / "tasks.py").read_text())
+        (group / "invoke.yaml").write_text(json.dumps({"dap": {
+            "runners": {name: {} for name in names}, "groups": {"eight": names}}}))
+        ssh = shlex.join(self.ssh + ["mgmt", self.remote("kubectl get pods")])
+
+        def ours() -> float:
+            wall, _, code, _ = run_process(self.inv + ["k8s.kubectl", "--runner", "@eight", "--",
+                                                       "get", "pods"], cwd=str(group), env=self.env)
+            assert code == 0, f"inv exited {code}"
+            return wall
+
+        def theirs() -> float:
+            wall, _, code, _ = run_process(["bash", "-c", f"for i in 1 2 3 4 5 6 7 8; do {ssh} "
+                                            ">/dev/null || exit 1; done"], env=self.env)
+            assert code == 0, f"the loop exited {code}"
+            return wall
+
+        a, b = interleave(runs, ours, theirs)
+        ma, mb = statistics.median(a), statistics.median(b)
+        row = Row(17, "fan-out: `inv k8s.kubectl --runner @eight -- get pods` vs 8 `ssh -J` in a loop",
+                  f"{ma * 1000:.0f} ms", f"{mb * 1000:.0f} ms", ma / mb, "<= 0.3")
+        row.passed = check(row.ratio, row.goal)  # type: ignore[arg-type]
+        return row
+
+
 def dapfab_import_ms(report: str) -> float:
     """The summed self time (ms) of dapfab's modules in a ``-X importtime`` report."""
     total = 0
@@ -551,7 +599,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lab-id", type=int, default=int(os.environ.get("DAPFAB_LAB_ID") or 7))
     parser.add_argument("--reuse", action="store_true", help="use a lab that is up; leave it up")
-    parser.add_argument("--rows", default=",".join(str(n) for n in range(1, 16)))
+    parser.add_argument("--rows", default=",".join(str(n) for n in range(1, 18)))
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args()
@@ -579,6 +627,8 @@ def main() -> int:
         ({13}, lambda: rows.append(bench.first_call(3 if q else 7))),
         ({14, 15}, lambda: rows.extend(r for r in bench.kept_streams(1 if q else 3, 256 * MIB)
                                        if r.number in wanted)),
+        ({16}, lambda: rows.append(bench.fanout_sleep(1 if q else 3))),
+        ({17}, lambda: rows.append(bench.fanout_kubectl(3 if q else 7))),
         ({2}, lambda: rows.append(bench.warm(1 if q else 3, 50 if q else 200))),
         ({3}, lambda: rows.append(bench.stdin(1 if q else 3, 256 * MIB))),
         ({4}, lambda: rows.append(bench.stdout(1 if q else 3, 256 * MIB))),

@@ -70,6 +70,18 @@ def curl(url: str, count: int) -> None:
     print(json.dumps({"failures": len(failures), "errors": failures[:3]}))
 
 
+def fanout(runners: int, seconds: float) -> None:
+    """A ``sleep SECONDS`` on ``runners`` runners at once (all the lab's runner under
+    another name); the wall time of the whole fan-out, connecting included."""
+    from dapfab.fanout import run_in_runners
+
+    cfg = _config()
+    start = time.perf_counter()
+    run_in_runners({f"r{n}": cfg for n in range(runners)}, f"sleep {seconds:g}", hide=True,
+                   in_stream=False)
+    print(json.dumps({"wall": time.perf_counter() - start}))
+
+
 if __name__ == "__main__":
     kind = sys.argv[1]
     if kind == "warm":
@@ -80,5 +92,7 @@ if __name__ == "__main__":
         stdout(int(sys.argv[2]))
     elif kind == "curl":
         curl(sys.argv[2], int(sys.argv[3]))
+    elif kind == "fanout":
+        fanout(int(sys.argv[2]), float(sys.argv[3]))
     else:
         raise SystemExit(f"unknown worker {kind}")

@@ -441,7 +441,8 @@ class Lab:
             f"    vm: {json.dumps(r['DAP_RUNNER_VM'])}\n"
             f"    gateway: {json.dumps(r['DAP_RUNNER_SSH_GATEWAY'])}\n"
             f"    incus: {json.dumps(r['DAP_RUNNER_INCUS'])}\n"
-            f"  ssh:\n    known_hosts: {json.dumps(r['DAP_SSH_KNOWN_HOSTS'])}\n")
+            f"  ssh:\n    known_hosts: {json.dumps(r['DAP_SSH_KNOWN_HOSTS'])}\n"
+            f"    persist: {json.dumps(r['DAP_SSH_PERSIST'])}\n")
         (state / "env.sh").write_text(self.export_lines())
 
     def _start_cluster(self) -> None:

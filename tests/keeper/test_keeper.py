@@ -298,3 +298,56 @@ def _read(path: str) -> bytes:
             return file.read()
     except OSError:
         return b""
+
+
+def test_a_keeper_is_a_daemon_that_inherited_nothing(lab):
+    pid = warm(lab)
+    assert os.getsid(pid) == pid  # its own session: no terminal, no job control signals
+    held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    assert {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in ("0", "1", "2")} == {"/dev/null"}
+    assert not [target for target in held if target.startswith("pipe:")]  # nobody's pipes
+    assert [target for target in held if target.endswith(".lock")]
+    env = _read(f"/proc/{pid}/environ").split(b"\0")
+    assert not [v for v in env if v.startswith((b"PYTEST", b"DAP_RUNNER"))]
+
+
+def test_a_command_the_client_did_not_confirm_never_runs(lab):
+    """The keeper runs a command only after the client's `go`: a client that gives up after
+    `accepted` (and would then run it directly) never gets it run twice."""
+    import dataclasses
+    import socket as socketlib
+
+    from dapfab.config import RunnerConfig
+    from dapfab.identity import ConnectionIdentity
+    from dapfab.keeper import place, wire
+
+    warm(lab)
+    config = RunnerConfig.from_env(cli_env(lab, PERSIST))
+    path = place.socket_path(place.directory(), ConnectionIdentity.of(config).digest())
+    marker = f"/tmp/dapfab-not-confirmed-{os.getpid()}"
+    with socketlib.socket(socketlib.AF_UNIX) as sock:
+        sock.connect(path)
+        reader = wire.Reader(sock)
+        wire.send(sock, {"op": "hello"})
+        assert reader.next(5)[0]["op"] == "hello"
+        wire.send(sock, {"op": "run", "config": dataclasses.asdict(config),
+                         "command": f"touch {marker}", "stdin": None}, fds=[1, 2])
+        assert reader.next(5)[0]["op"] == "accepted"
+    time.sleep(3)
+    check = cli(lab, "k8s.kubectl", "--", "version", "--client")  # the keeper still serves
+    assert check.returncode == 0
+    from dapfab import run_in_runner
+
+    probe = run_in_runner(dataclasses.replace(config, persist=0), f"test -e {marker}; echo $?",
+                          hide=True, in_stream=False)
+    assert probe.stdout == "1\n"
+
+
+def test_a_live_keeper_never_hides_a_broken_path_from_config_doctor(lab):
+    warm(lab)
+    lab.stop_sshd("mgmt")
+    through = cli(lab, "k8s.kubectl", "--", "get", "pods", "-o", "name")
+    assert (through.returncode, through.stdout) == (0, b"pod/web\n")  # the keeper's connection
+    doctor = cli(lab, "config.doctor")
+    assert doctor.returncode == 255, doctor.stdout
+    assert b"FAIL  management host" in doctor.stdout

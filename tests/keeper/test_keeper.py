@@ -94,8 +94,12 @@ def test_captured_output_returns_at_once(lab):
 
 
 def stream(lab) -> tuple[subprocess.Popen, list[bytes]]:
-    """``k8s.kubectl -- stream`` (a tick every 0.5 s) through the keeper; its lines."""
-    proc = start_cli(lab, "k8s.kubectl", "--", "stream", env=PERSIST,
+    """``k8s.kubectl -- stream`` (a tick every 0.5 s) through the keeper; its lines.
+
+    The client gets a process group of its own in this session, as a shell job does: a
+    group whose parent is outside the session (a CI job whose shell has exited) is
+    orphaned, and the kernel discards Ctrl-Z's stop there."""
+    proc = start_cli(lab, "k8s.kubectl", "--", "stream", env=PERSIST, process_group=0,
                      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: list[bytes] = []
     threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, b"")),

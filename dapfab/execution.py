@@ -30,6 +30,7 @@ from dapfab.remote import launcher
 from dapfab.remote.incus import EXIT_ERROR_LINES, runner_failure
 from dapfab.remote.protocol import MarkerScanner
 from dapfab.result import Result
+from dapfab.streams import read_chunk
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
@@ -88,44 +89,6 @@ def _heartbeats() -> _Heartbeats:
             _HEARTBEATS = _Heartbeats()
             _HEARTBEATS.start()
         return _HEARTBEATS
-
-
-# A read this large means the producer is streaming (a pipe holds 64 KiB): gather more of it
-# into the same frame, since every frame costs one `head -c` process in the VM.
-STREAMING_READ = 1 << 16
-GATHER_WAIT = 0.005  # seconds to wait for a streaming producer's next bytes
-
-
-def _read_chunk(stream: Any) -> bytes:
-    """Up to one frame from ``stream``, returning as soon as anything is available.
-
-    Small reads (typing, a slow producer) go out at once; after a read that filled a whole
-    pipe buffer, reading goes on until the frame is full or input pauses for
-    :data:`GATHER_WAIT`.
-    """
-    try:
-        fd = stream.fileno()
-    except (AttributeError, OSError, ValueError):
-        fd = None
-    if fd is not None:
-        data = os.read(fd, launcher.MAX_FRAME)
-        if len(data) < STREAMING_READ:
-            return data
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        parts, size = [data], len(data)
-        while size < launcher.MAX_FRAME:
-            if not poller.poll(GATHER_WAIT * 1000):
-                break
-            more = os.read(fd, launcher.MAX_FRAME - size)
-            if not more:  # end of input: the next read returns b"" too
-                break
-            parts.append(more)
-            size += len(more)
-        return b"".join(parts)
-    read1 = getattr(stream, "read1", None)
-    data = read1(launcher.MAX_FRAME) if read1 else stream.read(launcher.MAX_FRAME)
-    return data.encode() if isinstance(data, str) else data
 
 
 class _OneShot:
@@ -475,7 +438,7 @@ class RemoteProcess:
     def _pump_stdin(self) -> None:
         try:
             while True:
-                chunk = _read_chunk(self.in_stream)
+                chunk = read_chunk(self.in_stream)
                 if not chunk:
                     break
                 self._send(launcher.data_frame(chunk))

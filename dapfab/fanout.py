@@ -23,13 +23,13 @@ from typing import IO, TYPE_CHECKING, Any
 from dapfab.commands import kubectl_command
 from dapfab.errors import DapError
 from dapfab.execution import caller_stdin, hide_flags, run_command
+from dapfab.streams import read_chunk
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
     from dapfab.result import Result
 
 DEFAULT_PARALLEL = 10
-CHUNK = 1 << 16
 
 
 @dataclass
@@ -136,7 +136,7 @@ class _Feed:
         writers = {index: write for index, (_, write) in enumerate(self.pipes)}
         try:
             while writers:
-                chunk = _read(self.source)
+                chunk = read_chunk(self.source)
                 if not chunk:
                     break
                 for index, fd in list(writers.items()):
@@ -150,14 +150,6 @@ class _Feed:
         finally:
             for fd in writers.values():
                 os.close(fd)
-
-
-def _read(source: Any) -> bytes:
-    try:
-        return os.read(source.fileno(), CHUNK)
-    except (AttributeError, OSError, ValueError):
-        data = source.read(CHUNK)
-        return data.encode() if isinstance(data, str) else (data or b"")
 
 
 Work = Callable[[str, int, threading.Event], "tuple[Any, int]"]

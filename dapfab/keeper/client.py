@@ -28,6 +28,7 @@ from dapfab.identity import ConnectionIdentity
 from dapfab.keeper import place, wire
 from dapfab.remote.launcher import HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT, HELPER_STDIN_MAX
 from dapfab.result import Result
+from dapfab.streams import read_chunk
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
@@ -221,8 +222,8 @@ class _Call:
         def copy() -> None:
             try:
                 with os.fdopen(write_end, "wb") as pipe:
-                    while chunk := (in_stream.read(1 << 16) or b""):
-                        pipe.write(chunk.encode() if isinstance(chunk, str) else chunk)
+                    while chunk := read_chunk(in_stream):
+                        pipe.write(chunk)
             except OSError:
                 pass
 

@@ -11,8 +11,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trust"))
 
 from trust_helpers import PLUGINS  # noqa: E402
 
-PERSIST = {"DAP_SSH_PERSIST": "60"}
-
 
 @pytest.fixture
 def plugins(lab, runner_config):

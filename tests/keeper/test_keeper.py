@@ -12,12 +12,13 @@ import threading
 import time
 
 import pytest
-from conftest import PERSIST
 from trust_helpers import REPO, cli_argv, cli_env, sshd_logins, start_cli
 
 from dapfab.testing.waiting import wait_until
 
 pytestmark = pytest.mark.lab
+
+PERSIST = {"DAP_SSH_PERSIST": "60"}  # calls in these tests use keepers
 
 
 def keeper(lab) -> int:

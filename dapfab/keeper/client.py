@@ -79,27 +79,40 @@ def _connect(config: RunnerConfig) -> socket.socket | None:
     except errors.DapError as err:
         log.warning("%s; running without a keeper", err)
         return None
+    sock, found = _greet(path)
+    if found == "absent":
+        _wanted[digest] = None  # no keeper: start one after this call
+    elif found == "foreign":
+        log.warning("refusing keeper socket %s: another user's; running without a keeper", path)
+    elif found == "stuck":
+        _wanted[digest] = wire.peer_pid(sock) or 0  # bypass it, and replace it after this call
+        sock.close()
+        return None
+    return sock
+
+
+def _greet(path: str) -> tuple[socket.socket | None, str]:
+    """Connect to the keeper at ``path`` and say hello: ``(socket, "ok")``, or None with why
+    not: ``"absent"`` (nothing listens), ``"foreign"`` (another uid holds the socket) or
+    ``"stuck"`` (no answer within :data:`HELLO_WAIT`; the socket is returned, still open,
+    so that its peer can be named)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
     except OSError:
         sock.close()
-        _wanted[digest] = None  # no keeper: start one after this call
-        return None
+        return None, "absent"
     try:
         if wire.peer_uid(sock) != os.getuid():
-            log.warning("refusing keeper socket %s: another user's; running without a keeper", path)
             sock.close()
-            return None
+            return None, "foreign"
         wire.send(sock, {"op": "hello"})
         answer = wire.Reader(sock).next(HELLO_WAIT)
     except (OSError, wire.Closed):
         answer = None
     if answer is None or answer[0].get("op") != "hello":
-        _wanted[digest] = wire.peer_pid(sock) or 0  # stuck or dying: bypass and replace it
-        sock.close()
-        return None
-    return sock
+        return sock, "stuck"
+    return sock, "ok"
 
 
 def after_direct_call(config: RunnerConfig) -> None:
@@ -398,16 +411,9 @@ def _socket_path(config: RunnerConfig) -> str:
 
 def _connect_quietly(path: str) -> socket.socket | None:
     """A socket to the keeper at ``path`` that is this user's and said hello, or None."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(path)
-        if wire.peer_uid(sock) != os.getuid():
-            raise OSError("another user's keeper")
-        wire.send(sock, {"op": "hello"})
-        answer = wire.Reader(sock).next(HELLO_WAIT)
-        if answer is not None and answer[0].get("op") == "hello":
-            return sock
-    except (OSError, wire.Closed):
-        pass
-    sock.close()
+    sock, found = _greet(path)
+    if found == "ok":
+        return sock
+    if sock is not None:
+        sock.close()
     return None

@@ -80,7 +80,7 @@ class FanOutError(DapError):
         failed = [outcome for outcome in results.values() if outcome.failed]
         names = ", ".join(outcome.name for outcome in failed)
         super().__init__(f"{len(failed)} of {len(results)} runners failed ({names})",
-                         exit_code=failed[0].exited if failed else 1)
+                         exit_code=exit_code(results) or 1)
         self.results = results
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -209,11 +210,18 @@ def show_lines(settings: Settings) -> list[str]:
 def show(c: Context, runner: str | None = None) -> None:
     """Show the effective dap settings and where each one comes from (each runner's, for
     --runner a,b or @GROUP)."""
+    for name in _each_runner(c, runner):
+        _show_one(c, name)
+
+
+def _each_runner(c: Context, runner: str | None) -> Iterator[str | None]:
+    """The profiles ``--runner`` names (None: the default runner), each after a
+    ``== runner NAME ==`` header when there are several."""
     names = resolve_runners(c, runner)
     for index, name in enumerate(names or [None]):
         if names is not None and len(names) > 1:
-            print(("\n" if index else "") + f"== runner {name} ==")
-        _show_one(c, name)
+            print(("\n" if index else "") + f"== runner {name} ==", flush=True)
+        yield name
 
 
 def _show_one(c: Context, runner: str | None) -> None:
@@ -274,11 +282,8 @@ def doctor(c: Context, runner: str | None = None) -> None:
     from dapfab.connection import POOL
     from dapfab.doctor import doctor as run_doctor
 
-    names = resolve_runners(c, runner)
     first_failure = 0
-    for index, name in enumerate(names or [None]):
-        if names is not None and len(names) > 1:
-            print(("\n" if index else "") + f"== runner {name} ==", flush=True)
+    for name in _each_runner(c, runner):
 
         def load(name: str | None = name) -> RunnerConfig:
             config = RunnerConfig.from_invoke_config(c.config, runner=name)

@@ -195,3 +195,9 @@ def test_python_api_results_per_runner(project, lab):
 def test_config_show_and_doctor_take_a_group(project):
     shown = inv(project, "config.show", "--runner", "eu,novm").stdout.decode()
     assert "== runner eu ==" in shown and "== runner novm ==" in shown and "no-such-vm" in shown
+    doctor = inv(project, "config.doctor", "--runner", "eu,novm")
+    out = doctor.stdout.decode()
+    eu, novm = out.split("== runner novm ==")
+    assert "== runner eu ==" in eu and "FAIL" not in eu and "OK    curl present" in eu
+    assert "FAIL  VM exists and running" in novm
+    assert doctor.returncode == 125  # the first failing runner's hop

@@ -134,6 +134,10 @@ def test_curl_json_prints_one_object_per_runner(project, lab):
     assert sorted(o["runner"] for o in objects) == ["eu", "us"]
     assert all(list(o)[:2] == ["runner", "status"] and o["status"] == 404 for o in objects)
     assert done.returncode == 22
+    plain = inv(project, "k8s.curl", url, "--runner", "eu,us", "--no-fail")
+    assert sorted(plain.stdout.decode().splitlines()) == ['[eu] {"status": 404}', '[us] {"status": 404}']
+    assert {"[eu] HTTP 404", "[us] HTTP 404"} <= set(plain.stderr.decode().splitlines())
+    assert plain.returncode == 0
 
 
 def test_dry_prints_each_runners_command_with_its_prefix(project):

@@ -94,14 +94,15 @@ class _LinePrinter:
         self.pending = b""
 
     def write(self, data: bytes) -> int:
-        """Take output; print every line it completes."""
+        """Take output; print every line it completes; the number of bytes taken."""
+        taken = len(data)
         data = self.pending + bytes(data)
         cut = data.rfind(b"\n") + 1
         self.pending = data[cut:]
         if cut:
             lines = data[:cut].splitlines(keepends=True)
             self._emit(b"".join(self.prefix + line for line in lines))
-        return len(data)
+        return taken
 
     def flush(self) -> None:
         """Nothing to do until the end (see :meth:`close`)."""

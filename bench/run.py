@@ -505,12 +505,21 @@ class Bench:
 
 
     # -- fan-out (rows 16, 17) ------------------------------------------------------------
+    def fleet(self) -> dict[str, dict]:
+        """The grown lab's runner profiles (8 VMs behind 2 management hosts), grown once."""
+        from dapfab.testing import fleet
+
+        fleet.grow(self.lab)
+        return fleet.profiles(self.lab)
+
     def fanout_sleep(self, runs: int) -> Row:
-        """Row 16: a 3-second command on 8 runners at once vs on one (the lab has one runner
-        VM: 8 profile names for it, so both share one connection)."""
+        """Row 16: a 3-second command on the grown lab's 8 runners (2 management hosts) at
+        once vs on one of them."""
+        profiles = self.tmp / "profiles.json"
+        profiles.write_text(json.dumps(self.fleet()))
 
         def wall(runners: int) -> float:
-            done = subprocess.run([sys.executable, WORKERS, "fanout", str(runners), "3"],
+            done = subprocess.run([sys.executable, WORKERS, "fanout", str(profiles), str(runners), "3"],
                                   env=self.env, capture_output=True, text=True, check=True)
             return json.loads(done.stdout.strip().splitlines()[-1])["wall"]
 
@@ -522,15 +531,19 @@ class Bench:
         return row
 
     def fanout_kubectl(self, runs: int) -> Row:
-        """Row 17: ``inv k8s.kubectl --runner @eight -- get pods`` vs a shell loop of 8
-        ``ssh -J`` calls."""
+        """Row 17: ``inv k8s.kubectl --runner @eight -- get pods`` over the grown lab's 8
+        runners vs a shell loop of 8 ``ssh -J`` calls to the same runners."""
         group = self.tmp / "group"
         group.mkdir(exist_ok=True)
-        names = [f"r{n}" for n in range(8)]
+        profiles = self.fleet()
         (group / "tasks.py").write_text((self.project / "tasks.py").read_text())
         (group / "invoke.yaml").write_text(json.dumps({"dap": {
-            "runners": {name: {} for name in names}, "groups": {"eight": names}}}))
-        ssh = shlex.join(self.ssh + ["mgmt", self.remote("kubectl get pods")])
+            "runners": profiles, "groups": {"eight": list(profiles)}}}))
+        hosts = {self.lab.ssh_host: "mgmt"}  # type: ignore[attr-defined]
+        ssh = "; ".join(
+            shlex.join(self.ssh + [hosts.get(p["ssh_host"], "mgmt2"),
+                                   f"{p['incus']} exec {p['vm']} -- bash -lc 'kubectl get pods'"])
+            + " >/dev/null || exit 1" for p in profiles.values())
 
         def ours() -> float:
             wall, _, code, _ = run_process(self.inv + ["k8s.kubectl", "--runner", "@eight", "--",
@@ -539,8 +552,7 @@ class Bench:
             return wall
 
         def theirs() -> float:
-            wall, _, code, _ = run_process(["bash", "-c", f"for i in 1 2 3 4 5 6 7 8; do {ssh} "
-                                            ">/dev/null || exit 1; done"], env=self.env)
+            wall, _, code, _ = run_process(["bash", "-c", ssh], env=self.env)
             assert code == 0, f"the loop exited {code}"
             return wall
 

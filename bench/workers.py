@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 
 def _config():  # noqa: ANN202 - RunnerConfig, imported lazily
@@ -70,15 +71,19 @@ def curl(url: str, count: int) -> None:
     print(json.dumps({"failures": len(failures), "errors": failures[:3]}))
 
 
-def fanout(runners: int, seconds: float) -> None:
-    """A ``sleep SECONDS`` on ``runners`` runners at once (all the lab's runner under
-    another name); the wall time of the whole fan-out, connecting included."""
+def fanout(profiles: str, runners: int, seconds: float) -> None:
+    """A ``sleep SECONDS`` on the first ``runners`` runners of the JSON file ``profiles``
+    (``dap.runners`` entries) at once; the wall time of the whole fan-out, connecting included."""
+    import dataclasses
+
     from dapfab.fanout import run_in_runners
 
-    cfg = _config()
+    base = _config()
+    chosen = list(json.loads(Path(profiles).read_text()).items())[:runners]
+    configs = {name: dataclasses.replace(base, ssh_host=p["ssh_host"], vm_name=p["vm"], incus=p["incus"])
+               for name, p in chosen}
     start = time.perf_counter()
-    run_in_runners({f"r{n}": cfg for n in range(runners)}, f"sleep {seconds:g}", hide=True,
-                   in_stream=False)
+    run_in_runners(configs, f"sleep {seconds:g}", hide=True, in_stream=False)
     print(json.dumps({"wall": time.perf_counter() - start}))
 
 
@@ -93,6 +98,6 @@ if __name__ == "__main__":
     elif kind == "curl":
         curl(sys.argv[2], int(sys.argv[3]))
     elif kind == "fanout":
-        fanout(int(sys.argv[2]), float(sys.argv[3]))
+        fanout(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
     else:
         raise SystemExit(f"unknown worker {kind}")

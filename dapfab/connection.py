@@ -296,13 +296,21 @@ class Link:
         self.opened_at = 0.0
         self.open_seconds: float | None = None  # how long opening took, once open
         self.helper_start: float | None = None  # how long the last new helper took to start
+        self.open_error: Exception | None = None  # why opening failed, for those who waited
 
     def ensure_open(self) -> None:
-        """Open the connection unless it is open; concurrent callers wait for the first."""
+        """Open the connection unless it is open; concurrent callers wait for the first and
+        share its failure (runners behind a dead host then fail together, not one by one)."""
         with self._open_lock:
+            if self.open_error is not None:
+                raise self.open_error
             if self.transport is None:
                 started = time.monotonic()
-                self.open()
+                try:
+                    self.open()
+                except Exception as exc:
+                    self.open_error = exc
+                    raise
                 self.opened_at = time.monotonic()
                 self.open_seconds = self.opened_at - started
 

@@ -33,11 +33,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-HOSTS = ("laptop", "bastion", "mgmt", "runner", "cluster")
+HOSTS = ("laptop", "bastion", "mgmt", "runner", "cluster", "mgmt2")  # mgmt2: a grown lab
 SSHD_HOSTS = ("bastion", "mgmt")
 MAX_LAB_ID = 15
 SSHD = "/usr/sbin/sshd"
@@ -104,6 +104,33 @@ def _argv(pid: int) -> list[str] | None:
     return [part.decode(errors="replace") for part in raw.split(b"\0")[:-1]]
 
 
+def _living(wanted: Callable[[int], bool]) -> list[tuple[int, list[str]]]:
+    """(pid, argv) of every living process for which ``wanted(pid)`` holds."""
+    found = []
+    for pid in _all_processes():
+        if wanted(pid):
+            argv = _argv(pid)
+            if argv and _alive(pid):
+                found.append((pid, argv))
+    return found
+
+
+def vm_processes(init: int | None, *, nested: bool = False) -> list[tuple[int, list[str]]]:
+    """(pid, argv) of every process in the VM whose PID 1 is ``init`` (not PID 1 itself):
+    those of its PID namespace, or with ``nested`` also those of the PID namespaces below
+    it (dapfab's commands run there), found by the VM's network namespace. [] when stopped."""
+    if not init:
+        return []
+    if not nested:
+        pidns = _ns_inode(f"/proc/{init}/ns/pid")
+        found = _living(lambda pid: _ns_inode(f"/proc/{pid}/ns/pid") == pidns)
+    else:
+        net, depth = _ns_inode(f"/proc/{init}/ns/net"), _pid_ns_depth(init)
+        found = _living(lambda pid: _ns_inode(f"/proc/{pid}/ns/net") == net
+                        and _pid_ns_depth(pid) >= depth)  # not the lab's unshare above it
+    return [(pid, argv) for pid, argv in found if pid != init]
+
+
 def _alive(pid: int | None) -> bool:
     """True while ``pid`` exists and is not a zombie."""
     if not pid:
@@ -142,13 +169,13 @@ class Lab:
         self.backend_name = backend or os.environ.get("DAPFAB_LAB_BACKEND") or "netns"
         if self.backend_name not in BACKENDS:
             raise LabError(f"unknown lab backend {self.backend_name!r} (one of {', '.join(BACKENDS)})")
-        module, _, cls = BACKENDS[self.backend_name].partition(":")
-        self.backend: RunnerBackend = getattr(importlib.import_module(module), cls)(self)
         if cluster is None:
             cluster = os.environ.get("DAPFAB_LAB_CLUSTER", "1") != "0"
         self.cluster_enabled = bool(cluster) and cluster_available()
         self.block = ipaddress.ip_network(f"198.18.{16 * self.lab_id}.0/20")
         self.addresses = self._addresses()
+        module, _, cls = BACKENDS[self.backend_name].partition(":")
+        self.backend: RunnerBackend = getattr(importlib.import_module(module), cls)(self)
         self._children: list[subprocess.Popen] = []
         self._cut: dict[frozenset[str], str] = {}
         self._frozen: set[int] = set()
@@ -165,6 +192,7 @@ class Lab:
         return {
             "laptop@bastion": f"198.18.{o}.1/24", "bastion@laptop": f"198.18.{o}.2/24",
             "bastion@mgmt": f"198.18.{o + 1}.1/24", "mgmt@bastion": f"198.18.{o + 1}.2/24",
+            "bastion@mgmt2": f"198.18.{o + 3}.1/24", "mgmt2@bastion": f"198.18.{o + 3}.2/24",
             "mgmt@runner": f"198.18.{o + 2}.1/24", "runner@mgmt": f"198.18.{o + 2}.2/24",
             "runner@cluster": f"198.18.{o + 8}.1/21", "cluster@runner": f"198.18.{o + 8}.2/21",
         }
@@ -172,7 +200,7 @@ class Lab:
     def address(self, host: str, peer: str | None = None) -> str:
         """The address of ``host`` (on its link to ``peer``; default: the one others use)."""
         default_peer = {"laptop": "bastion", "bastion": "laptop", "mgmt": "bastion",
-                        "runner": "mgmt", "cluster": "runner"}
+                        "mgmt2": "bastion", "runner": "mgmt", "cluster": "runner"}
         return self.addresses[f"{host}@{peer or default_peer[host]}"].split("/")[0]
 
     @property
@@ -199,6 +227,7 @@ class Lab:
         return {
             frozenset(("laptop", "bastion")): (("laptop", self.laptop_interface), ("bastion", "eth0")),
             frozenset(("bastion", "mgmt")): (("bastion", "eth1"), ("mgmt", "eth0")),
+            frozenset(("bastion", "mgmt2")): (("bastion", "eth2"), ("mgmt2", "eth0")),
             frozenset(("mgmt", "runner")): (("mgmt", "incusbr0"), ("runner", "eth0")),
             frozenset(("runner", "cluster")): (("runner", "eth1"), ("cluster", "eth0")),
         }
@@ -372,7 +401,7 @@ class Lab:
         host_dir = self.state_dir / host
         ready = host_dir / "holder.ready"
         mounts = f'mount --bind "{host_dir}/home" /root'
-        if host == "mgmt":
+        if host.startswith("mgmt"):
             mounts += f' && mount --bind "{host_dir}/bin" /usr/local/sbin'
         script = f'{mounts} && : > "{ready}" && exec sleep infinity'
         proc = self._spawn(["ip", "netns", "exec", self.netns(host), "/bin/sh", "-c", script],
@@ -543,7 +572,7 @@ class Lab:
             state = self.state()
         except LabError:
             return {"lab_id": self.lab_id, "up": False, "stale": True}
-        sshd = {h: _alive(state["sshd"].get(h)) for h in SSHD_HOSTS}
+        sshd = {h: _alive(state["sshd"].get(h)) for h in state["holders"]}
         return {
             "lab_id": self.lab_id, "up": True, "backend": state.get("backend", self.backend_name),
             "namespaces": self._lab_netns(), "sshd": sshd,
@@ -563,7 +592,7 @@ class Lab:
             return list(argv)
         if host == "runner":
             return self.backend.command(argv)
-        if host in SSHD_HOSTS:
+        if host in self.state()["holders"]:
             holder = str(self.state()["holders"][host])
             return ["nsenter", "-t", holder, "-m", "-n", "--wd=/root", "--", *argv]
         return ["nsenter", f"--net=/run/netns/{self.netns(host)}", "--", *argv]
@@ -603,30 +632,15 @@ class Lab:
         PID namespaces below it (dapfab's commands run there), by the runner's network
         namespace.
         """
-        if host == "runner" and (not nested or not self.backend.init_pid()):
-            return self.backend.processes()  # [] when the runner is stopped
+        if host == "runner":
+            return vm_processes(self.backend.init_pid(), nested=nested)
         if host == "laptop":
-            net = _ns_inode("/proc/self/ns/net")
-        elif host == "runner":
-            net = _ns_inode(f"/proc/{self.backend.init_pid()}/ns/net")
+            net, skip = _ns_inode("/proc/self/ns/net"), set()
         else:
             net = f"net:[{os.stat(f'/run/netns/{self.netns(host)}').st_ino}]"
-        depth = 0  # in the runner: its PID namespace or one below (not the lab's unshare)
-        if host == "runner":
-            skip = {self.backend.init_pid()}
-            depth = _pid_ns_depth(self.backend.init_pid())
-        else:
-            skip = set(self.state()["holders"].values()) if host != "laptop" else set()
-        found = []
-        for pid in _all_processes():
-            if pid in skip or _ns_inode(f"/proc/{pid}/ns/net") != net:
-                continue
-            if depth and _pid_ns_depth(pid) < depth:
-                continue
-            argv = _argv(pid)
-            if argv and _alive(pid):
-                found.append((pid, argv))
-        return found
+            skip = set(self.state()["holders"].values())
+        return [(pid, argv) for pid, argv in _living(lambda pid: _ns_inode(f"/proc/{pid}/ns/net") == net)
+                if pid not in skip]
 
     def running(self, host: str, word: str) -> bool:
         """Whether a process in ``host`` (in the runner: dapfab's nested PID namespaces too)
@@ -738,7 +752,7 @@ class Lab:
             self.thaw(pid)
         for pair in list(self._cut):
             self.restore_link(*sorted(pair))
-        for host in SSHD_HOSTS:
+        for host in self.state()["holders"]:
             self.start_sshd(host)
         if not self.backend.running():
             self.backend.start()
@@ -753,6 +767,10 @@ class Lab:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        if "fleet" in self.state():
+            from dapfab.testing import fleet
+
+            fleet.reset(self)
 
 
 SYSCTLS = ("{ echo 0 > /proc/sys/net/ipv4/ip_forward; "
@@ -800,20 +818,6 @@ class RunnerBackend:
         pid = self.lab.state().get("runner_init")
         return pid if _alive(pid) else None
 
-    def processes(self) -> list[tuple[int, list[str]]]:
-        """Every process in the runner's PID namespace but its PID 1, as (pid, argv)."""
-        init = self.init_pid()
-        if not init:
-            return []
-        pidns = _ns_inode(f"/proc/{init}/ns/pid")
-        found = []
-        for pid in _all_processes():
-            if pid != init and _ns_inode(f"/proc/{pid}/ns/pid") == pidns:
-                argv = _argv(pid)
-                if argv and _alive(pid):
-                    found.append((pid, argv))
-        return found
-
     def command(self, argv: Sequence[str]) -> list[str]:
         """The argv that runs ``argv`` as root inside the runner, from the laptop."""
         raise NotImplementedError
@@ -853,58 +857,60 @@ while True:
 """
 
 
-class NetnsRunner(RunnerBackend):
-    """The runner as namespaces: net, mount (its home on /root, its own /proc), pid, uts.
+def install_incus(lab: Lab, host: str) -> None:
+    """Install the lab's ``incus`` (:mod:`dapfab.testing.incus`) on ``host``'s PATH, reading
+    that host's instance table."""
+    source = (Path(__file__).parent / "incus.py").read_text()
+    table = str(lab.state_dir / host / "instances")
+    source = source.replace('INSTANCES_FILE = ""', f"INSTANCES_FILE = {table!r}", 1)
+    path = lab.state_dir / host / "bin" / "incus"
+    path.write_text(f"#!{HOST_PYTHON} -I\n{source}")
+    path.chmod(0o755)
 
-    Its PID 1 is a small reaper, so orphans are adopted inside the VM as on a real one;
-    stopping the VM kills that PID 1 and with it every process in the VM. The ``incus``
-    client on mgmt is :mod:`dapfab.testing.incus`.
+
+class NetnsVM:
+    """One runner VM as namespaces: net, mount (its home on /root, its own /proc and temp
+    directories), pid, uts. Its PID 1 is a small reaper, so orphans are adopted inside the
+    VM as on a real one; stopping the VM kills that PID 1 and with it every process in it.
+
+    ``key`` names its directory under the lab's state and its PIDs in the lab's state;
+    its line in ``host``'s instance table is what that host's ``incus`` sees. ``routes``
+    (``ip route`` arguments) are added each time it starts, its links being up again.
     """
 
-    name = "netns"
+    def __init__(self, lab: Lab, name: str, host: str, key: str, netns: str, address: str,
+                 routes: Sequence[str] = ()) -> None:
+        self.lab, self.name, self.host, self.key = lab, name, host, key
+        self.netns, self.address, self.routes = netns, address, list(routes)
 
     @property
     def dir(self) -> Path:
-        return self.lab.state_dir / "runner"
+        return self.lab.state_dir / self.key
 
     @property
     def home(self) -> Path:
         return self.dir / "home"
 
-    @property
-    def instances_file(self) -> Path:
-        return self.lab.state_dir / "mgmt" / "instances"
-
-    def up(self) -> None:
-        lab, a = self.lab, self.lab.addresses
-        ns, mgmt, cluster = lab.netns("runner"), lab.netns("mgmt"), lab.netns("cluster")
+    def make_home(self) -> None:
         self.home.mkdir(mode=0o700, parents=True)
         (self.home / ".kube").mkdir(mode=0o700)
-        _ip("netns", "add", ns)
-        _ip(netns=mgmt, batch=[f"link add incusbr0 type veth peer name eth0 netns {ns}",
-                               f"addr add {a['mgmt@runner']} dev incusbr0", "link set incusbr0 up"])
-        _ip(netns=ns, batch=["link set lo up", f"addr add {a['runner@mgmt']} dev eth0",
-                             f"link add eth1 type veth peer name eth0 netns {cluster}",
-                             f"addr add {a['runner@cluster']} dev eth1"])
-        _ip(netns=cluster, batch=[f"addr add {a['cluster@runner']} dev eth0", "link set eth0 up"])
-        self._install_client()
-        self.start()
 
-    def _install_client(self) -> None:
-        source = (Path(__file__).parent / "incus.py").read_text()
-        source = source.replace('INSTANCES_FILE = ""', f"INSTANCES_FILE = {str(self.instances_file)!r}", 1)
-        path = self.client_path
-        path.write_text(f"#!{HOST_PYTHON} -I\n{source}")
-        path.chmod(0o755)
-
-    def _write_instances(self, state: str, pid: int | None) -> None:
-        line = f"{self.vm_name} default {state} {pid or 0} {self.lab.address('runner')}\n"
-        tmp = self.instances_file.with_suffix(".tmp")
-        tmp.write_text(line)
-        tmp.replace(self.instances_file)
+    def init_pid(self) -> int | None:
+        """The PID (on this machine) of the VM's PID 1, if it runs."""
+        pid = self.lab.state().get(f"{self.key}_init")
+        return pid if _alive(pid) else None
 
     def running(self) -> bool:
         return self.init_pid() is not None
+
+    def _write_instance(self, state: str, pid: int | None) -> None:
+        table = self.lab.state_dir / self.host / "instances"
+        lines = table.read_text().splitlines() if table.exists() else []
+        lines = [line for line in lines if line.split()[:1] != [self.name]]
+        lines.append(f"{self.name} default {state} {pid or 0} {self.address}")
+        tmp = table.with_suffix(".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in lines))
+        tmp.replace(table)
 
     def start(self) -> None:
         if self.running():
@@ -918,46 +924,91 @@ class NetnsRunner(RunnerBackend):
         # A VM's own temp directories, not the machine's: what dapfab leaves there is seen.
         temp = " && ".join(f"mount -t tmpfs -o mode=1777,size=256m tmpfs {d}" for d in TEMP_DIRS)
         script = (f'mount --bind "{self.home}" /root && {temp}'
-                  f' && echo "{self.vm_name}" > /proc/sys/kernel/hostname'
-                  f' && {SYSCTLS} && : > "{ready}" && exec "$0" -I "$1" "{self.vm_name}"')
-        proc = lab._spawn(["ip", "netns", "exec", lab.netns("runner"), "unshare", "--pid", "--fork",
+                  f' && echo "{self.name}" > /proc/sys/kernel/hostname'
+                  f' && {SYSCTLS} && : > "{ready}" && exec "$0" -I "$1" "{self.name}"')
+        proc = lab._spawn(["ip", "netns", "exec", self.netns, "unshare", "--pid", "--fork",
                            "--mount-proc", "--uts", "--", "/bin/sh", "-c", script, HOST_PYTHON,
                            str(init_file)], log=self.dir / "init.log")
-        _wait_for(lambda: ready.exists() or proc.poll() is not None, 10, "the runner's init")
+        _wait_for(lambda: ready.exists() or proc.poll() is not None, 10, f"{self.name}'s init")
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
         _wait_for(lambda: proc.poll() is not None or children.read_text().strip(), 10,
-                  "the runner's PID 1")
+                  f"{self.name}'s PID 1")
         if proc.poll() is not None:
-            raise LabError(f"the runner's init exited: {(self.dir / 'init.log').read_text()}")
+            raise LabError(f"{self.name}'s init exited: {(self.dir / 'init.log').read_text()}")
         init = int(children.read_text().split()[0])
-        lab.state()["runner_init"] = init
-        lab.state()["runner_unshare"] = proc.pid
+        lab.state()[f"{self.key}_init"] = init
+        lab.state()[f"{self.key}_unshare"] = proc.pid
         lab._save()
-        _ip(netns=lab.netns("runner"), batch=["link set eth0 up", "link set eth1 up"])
-        self._write_instances("RUNNING", init)
+        _ip(netns=self.netns, batch=["link set eth0 up", "link set eth1 up",
+                                     *(f"route replace {route}" for route in self.routes)])
+        self._write_instance("RUNNING", init)
 
     def stop(self) -> None:
         init = self.init_pid()
         if init:
             os.kill(init, signal.SIGKILL)
-            unshare = self.lab.state().get("runner_unshare")
-            _wait_for(lambda: not _alive(init) and not _alive(unshare), 10, "the runner to stop")
+            unshare = self.lab.state().get(f"{self.key}_unshare")
+            _wait_for(lambda: not _alive(init) and not _alive(unshare), 10, f"{self.name} to stop")
             self.lab._reap()
-        self.lab.state()["runner_init"] = None
+        self.lab.state()[f"{self.key}_init"] = None
         self.lab._save()
-        _ip(netns=self.lab.netns("runner"), batch=["link set eth0 down", "link set eth1 down"])
-        self._write_instances("STOPPED", None)
+        _ip(netns=self.netns, batch=["link set eth0 down", "link set eth1 down"])
+        self._write_instance("STOPPED", None)
 
     def command(self, argv: Sequence[str]) -> list[str]:
         init = self.init_pid()
         if not init:
-            raise LabError("the runner is not running")
+            raise LabError(f"{self.name} is not running")
         return ["nsenter", "-t", str(init), "-m", "-n", "-p", "-u", "--wd=/root", "--", *argv]
 
     def write_file(self, path: str, data: bytes, mode: int = 0o600) -> None:
         if not path.startswith("/root/"):
-            raise LabError(f"the netns runner can only write under /root, not {path}")
+            raise LabError(f"a netns VM can only be written under /root, not {path}")
         target = self.home / path[len("/root/"):]
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         target.write_bytes(data)
         target.chmod(mode)
+
+
+class NetnsRunner(RunnerBackend):
+    """The runner as a :class:`NetnsVM`; the ``incus`` client on mgmt is
+    :mod:`dapfab.testing.incus`."""
+
+    name = "netns"
+
+    def __init__(self, lab: Lab) -> None:
+        super().__init__(lab)
+        self.vm = NetnsVM(lab, self.vm_name, "mgmt", "runner", lab.netns("runner"),
+                          lab.address("runner"))
+
+    def up(self) -> None:
+        lab, a = self.lab, self.lab.addresses
+        ns, mgmt, cluster = lab.netns("runner"), lab.netns("mgmt"), lab.netns("cluster")
+        self.vm.make_home()
+        _ip("netns", "add", ns)
+        _ip(netns=mgmt, batch=[f"link add incusbr0 type veth peer name eth0 netns {ns}",
+                               f"addr add {a['mgmt@runner']} dev incusbr0", "link set incusbr0 up"])
+        _ip(netns=ns, batch=["link set lo up", f"addr add {a['runner@mgmt']} dev eth0",
+                             f"link add eth1 type veth peer name eth0 netns {cluster}",
+                             f"addr add {a['runner@cluster']} dev eth1"])
+        _ip(netns=cluster, batch=[f"addr add {a['cluster@runner']} dev eth0", "link set eth0 up"])
+        install_incus(lab, "mgmt")
+        self.start()
+
+    def init_pid(self) -> int | None:
+        return self.vm.init_pid()
+
+    def running(self) -> bool:
+        return self.vm.running()
+
+    def start(self) -> None:
+        self.vm.start()
+
+    def stop(self) -> None:
+        self.vm.stop()
+
+    def command(self, argv: Sequence[str]) -> list[str]:
+        return self.vm.command(argv)
+
+    def write_file(self, path: str, data: bytes, mode: int = 0o600) -> None:
+        self.vm.write_file(path, data, mode)

@@ -170,6 +170,14 @@ class LxdRunner(RunnerBackend):
         address = self.lab.addresses[key]
         return address if prefix else address.split("/")[0]
 
+    def _nic(self, name: str) -> tuple[str, str, str]:
+        """(host veth, gateway address, container address) of container ``name``: the lab's
+        runner on the lab's runner link, a grown lab's second one on 198.18.{o+6}.0/24."""
+        if name == self.vm_name:
+            return self.host_veth, self.vm_address("mgmt@runner"), self.vm_address("runner@mgmt")
+        o = 16 * self.lab.lab_id
+        return f"{self.host_veth}2", f"198.18.{o + 6}.1/24", f"198.18.{o + 6}.2/24"
+
     @property
     def socket(self) -> Path:
         return self.lxd_dir / "unix.socket"
@@ -244,23 +252,70 @@ class LxdRunner(RunnerBackend):
         _ip(netns=cluster, batch=[f"addr add {a['cluster@runner']} dev eth0", "link set eth0 up"])
         lab.run("runner", SYSCTLS + "; echo 1 > /proc/sys/net/ipv4/ip_forward", env=None,
                 via_netns=True)
-        nat = (f"table ip dapfab_lab_nat {{\n  chain postrouting {{\n"
-               f"    type nat hook postrouting priority 100; oifname \"eth1\" ip saddr "
-               f"{self.vm_address('runner@mgmt', prefix=False)} masquerade\n  }}\n}}\n")
+        nat = ("table ip dapfab_lab_nat {\n  chain postrouting {\n"
+               "    type nat hook postrouting priority 100; oifname \"eth1\" masquerade\n  }\n}\n")
         done = lab.run("runner", ["nft", "-f", "-"], input=nat, env=None, via_netns=True)
         if done.returncode:
             raise LabError(f"nft on the runner host: {done.stderr.strip()}")
         self._start_daemon()
         self._preseed()
         self._import_image()
-        with contextlib.suppress(LabError):  # a container a killed run left behind
-            self.lxc("delete", "--force", self.vm_name)
-        self.lxc("init", IMAGE_ALIAS, self.vm_name, "-c", "security.privileged=false",
-                 what="lxc init")
-        self.lxc("config", "device", "add", self.vm_name, "eth0", "nic", "nictype=p2p",
-                 f"host_name={self.host_veth}", "name=eth0", what="lxc nic device")
+        self._create(self.vm_name)
         self._install_client()
         self.start()
+
+    def _create(self, name: str) -> None:
+        with contextlib.suppress(LabError):  # a container a killed run left behind
+            self.lxc("delete", "--force", name)
+        self.lxc("init", IMAGE_ALIAS, name, "-c", "security.privileged=false", what="lxc init")
+        self.lxc("config", "device", "add", name, "eth0", "nic", "nictype=p2p",
+                 f"host_name={self._nic(name)[0]}", "name=eth0", what="lxc nic device")
+
+    def add_container(self, name: str) -> None:
+        """Another runner container behind mgmt (a grown lab), with the cluster's kubeconfig."""
+        self._create(name)
+        self.lab.state().setdefault("containers", []).append(name)
+        self.lab._save()
+        self.start_container(name)
+        kubeconfig = self.lab.state_dir / "cluster" / "kubeconfig"
+        if kubeconfig.exists():
+            self.write_file("/root/.kube/config", kubeconfig.read_bytes(), container=name)
+
+    def container_init(self, name: str) -> int | None:
+        """The PID of container ``name``'s init, if it runs."""
+        if name == self.vm_name:
+            return self.init_pid()
+        pid = self.lab.state().get(f"container_{name}_init")
+        return pid if _alive(pid) else None
+
+    def start_container(self, name: str) -> None:
+        if self.container_init(name):
+            return
+        self.lxc("start", name, what="lxc start")
+        state = json.loads(self.lxc("query", f"/1.0/instances/{name}/state"))
+        pid = int(state.get("pid") or 0)
+        if not _alive(pid):
+            raise LabError(f"container {name} has no running init: {state.get('status')}")
+        self.lab.state()["runner_init" if name == self.vm_name else f"container_{name}_init"] = pid
+        self.lab._save()
+        # No DHCP here: the network is configured as a cloud-init would, from outside.
+        veth, gateway, address = self._nic(name)
+        _ip(netns=self.lab.netns("runner"), batch=[
+            f"addr replace {gateway} dev {veth}", f"link set {veth} up"])
+        script = (f"ip link set lo up && ip addr add {address} dev eth0 && "
+                  f"ip link set eth0 up && ip route add default via {gateway.split('/')[0]}")
+        done = subprocess.run(self._command(pid, ["/bin/sh", "-c", script]),
+                              capture_output=True, text=True, env=self.env(), timeout=30)
+        if done.returncode:
+            raise LabError(f"configuring {name}'s network: {done.stderr.strip()}")
+
+    def stop_container(self, name: str) -> None:
+        init = self.container_init(name)
+        if init:
+            self.lxc("stop", "--force", name, what="lxc stop")
+            _wait_for(lambda: not _alive(init), 10, f"{name} to stop")
+        self.lab.state()["runner_init" if name == self.vm_name else f"container_{name}_init"] = None
+        self.lab._save()
 
     def _install_client(self) -> None:
         """The real client on mgmt: a copy of /usr/bin/lxc in the lab's bin, the lab's
@@ -280,33 +335,10 @@ class LxdRunner(RunnerBackend):
         return self.init_pid() is not None
 
     def start(self) -> None:
-        if self.running():
-            return
-        self.lxc("start", self.vm_name, what="lxc start")
-        state = json.loads(self.lxc("query", f"/1.0/instances/{self.vm_name}/state"))
-        pid = int(state.get("pid") or 0)
-        if not _alive(pid):
-            raise LabError(f"the container has no running init: {state.get('status')}")
-        self.lab.state()["runner_init"] = pid
-        self.lab._save()
-        # No DHCP here: the network is configured as a cloud-init would, from outside.
-        gateway = self.vm_address("mgmt@runner")
-        _ip(netns=self.lab.netns("runner"), batch=[
-            f"addr replace {gateway} dev {self.host_veth}", f"link set {self.host_veth} up"])
-        script = (f"ip link set lo up && ip addr add {self.vm_address('runner@mgmt')} dev eth0 && "
-                  f"ip link set eth0 up && ip route add default via {gateway.split('/')[0]}")
-        done = subprocess.run(self.command(["/bin/sh", "-c", script]),
-                              capture_output=True, text=True, env=self.env(), timeout=30)
-        if done.returncode:
-            raise LabError(f"configuring the runner's network: {done.stderr.strip()}")
+        self.start_container(self.vm_name)
 
     def stop(self) -> None:
-        init = self.init_pid()
-        if init:
-            self.lxc("stop", "--force", self.vm_name, what="lxc stop")
-            _wait_for(lambda: not _alive(init), 10, "the runner to stop")
-        self.lab.state()["runner_init"] = None
-        self.lab._save()
+        self.stop_container(self.vm_name)
 
     def down(self) -> None:
         """Delete the container, stop the daemon this lab started (by PID), unmount."""
@@ -316,8 +348,9 @@ class LxdRunner(RunnerBackend):
             state = {}
         pid = state.get("lxd")
         if _alive(pid):
-            with contextlib.suppress(LabError):
-                self.lxc("delete", "--force", self.vm_name, timeout=60)
+            for name in [self.vm_name, *state.get("containers", [])]:
+                with contextlib.suppress(LabError):
+                    self.lxc("delete", "--force", name, timeout=60)
             os.kill(pid, signal.SIGTERM)  # lxd shuts down cleanly on SIGTERM
             with contextlib.suppress(LabError):
                 _wait_for(lambda: not _alive(pid), 30, "the LXD daemon to stop")
@@ -333,16 +366,23 @@ class LxdRunner(RunnerBackend):
         init = self.init_pid()
         if not init:
             raise LabError("the runner is not running")
+        return self._command(init, argv)
+
+    @staticmethod
+    def _command(init: int, argv: Sequence[str]) -> list[str]:
         return ["nsenter", "-t", str(init), "-U", "-m", "-n", "-p", "-u", "-i", "-C",
                 f"--wd=/proc/{init}/root/root", "--", *argv]  # resolved in the container
 
-    def write_file(self, path: str, data: bytes, mode: int = 0o600) -> None:
+    def write_file(self, path: str, data: bytes, mode: int = 0o600, container: str | None = None) -> None:
         from dapfab.quoting import quote
 
+        init = self.container_init(container or self.vm_name)
+        if not init:
+            raise LabError(f"{container or 'the runner'} is not running")
         d = path.rsplit("/", 1)[0] or "/"
         script = (f"umask 077 && mkdir -p {quote(d)} && cat > {quote(path)} && "
                   f"chmod {mode:o} {quote(path)}")
-        done = subprocess.run(self.command(["/bin/sh", "-c", script]), input=data,
+        done = subprocess.run(self._command(init, ["/bin/sh", "-c", script]), input=data,
                               capture_output=True, env=self.env(), timeout=30)
         if done.returncode:
             raise LabError(f"writing {path} in the runner: {done.stderr.decode().strip()}")

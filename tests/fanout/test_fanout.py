@@ -1,8 +1,7 @@
-"""Fan-out on the lab: one k8s.kubectl or k8s.curl over several runner profiles at once.
-
-The lab has one runner VM; the profiles here all reach it (each its own name, prefix and
-outcome), next to profiles that fail at a hop: a VM that does not exist and a management
-host that does not answer.
+"""Fan-out on the grown lab: one k8s.kubectl or k8s.curl over the runners behind two
+management hosts at once (8 on the netns backend, 6 on the LXD one: ``dapfab.testing.fleet``),
+next to profiles that fail at a hop: a VM that does not exist, a management host that does
+not answer, a stopped VM and a host cut off from the bastion.
 """
 
 from __future__ import annotations
@@ -30,35 +29,43 @@ PLUGINS = {
     "kubectl-fan_stream": "#!/bin/bash\nwhile :; do echo tick; sleep 0.5; done\n",
     "kubectl-exit_with": "#!/bin/bash\nexit \"$1\"\n",
 }
-GOOD = ["eu", "us", "asia", "staging"]
 
 
 @pytest.fixture(scope="module")
-def installed(dapfab_lab):
-    import dataclasses
-
+def runners(dapfab_lab) -> dict[str, dict]:
+    """The grown lab's runner profiles, each with the test plugins installed."""
+    from dapfab.config import RunnerConfig
+    from dapfab.testing import fleet
     from dapfab.testing.kubectl_plugins import install_kubectl_plugins
-    from dapfab.testing.plugin import _config
 
-    install_kubectl_plugins(dataclasses.replace(_config(dapfab_lab), persist=0), PLUGINS)
+    fleet.grow(dapfab_lab)
+    fleet.reset(dapfab_lab)  # a reused lab: every VM up
+    profiles = fleet.profiles(dapfab_lab)
+    for p in profiles.values():
+        install_kubectl_plugins(RunnerConfig(
+            ssh_host=p["ssh_host"], ssh_key=p["ssh_key"], gateway=p["gateway"], vm_name=p["vm"],
+            incus=p["incus"], known_hosts=dapfab_lab.known_hosts, host_key_policy="reject",
+            persist=0), PLUGINS)
+    return profiles
 
 
 @pytest.fixture
-def project(lab, installed, tmp_path) -> Path:
+def GOOD(runners) -> list[str]:  # noqa: N802 (a constant of the module, per lab backend)
+    return list(runners)
+
+
+@pytest.fixture
+def project(lab, runners, tmp_path) -> Path:
     """A project whose invoke.yaml defines the profiles (and nothing comes from DAP_*)."""
     import yaml
 
-    def profile(**changes):
-        return {"ssh_host": lab.ssh_host, "ssh_key": lab.ssh_key, "gateway": lab.gateway,
-                "vm": lab.vm_name, "incus": lab.incus, **changes}
-
-    runners = {name: profile() for name in GOOD}
-    runners["novm"] = profile(vm="no-such-vm")
-    runners["nohost"] = profile(ssh_host="root@198.51.100.7", ssh={"connect_timeout": 3})
+    first = next(iter(runners.values()))
+    profiles = {**runners, "novm": {**first, "vm": "no-such-vm"},
+                "nohost": {**first, "ssh_host": "root@198.51.100.7", "ssh": {"connect_timeout": 3}}}
     (tmp_path / "invoke.yaml").write_text(yaml.safe_dump({"dap": {
-        "ssh": {"known_hosts": lab.known_hosts, "persist": 0},
-        "runners": runners,
-        "groups": {"all": GOOD, "mixed": ["eu", "novm", "us", "nohost"]},
+        "ssh": {"known_hosts": lab.known_hosts, "persist": 0, "connect_timeout": 5},
+        "runners": profiles,
+        "groups": {"all": list(runners), "mixed": ["m1-r1", "novm", "m2-r1", "nohost"]},
     }}))
     (tmp_path / "tasks.py").write_text(
         "from invoke import Collection\nfrom dapfab.tasks import ns as d\n"
@@ -76,7 +83,7 @@ def inv(project: Path, *argv: str, **kwargs) -> subprocess.CompletedProcess:
                           capture_output=True, timeout=180, **kwargs)
 
 
-def test_every_line_arrives_whole_with_its_runners_prefix(project):
+def test_every_line_arrives_whole_with_its_runners_prefix(project, GOOD):
     done = inv(project, "k8s.kubectl", "--runner", "@all", "--", "many-lines")
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.split(b"\n")
@@ -90,36 +97,59 @@ def test_every_line_arrives_whole_with_its_runners_prefix(project):
     assert all(" exit 0 in " in line for line in summary)
 
 
-def test_stdin_is_fed_to_every_runner(project):
+def test_stdin_is_fed_to_every_runner(project, GOOD):
     blob = os.urandom(3 << 20)
-    done = inv(project, "k8s.kubectl", "--runner", "eu,us,asia", "--", "sha", input=blob,
-               stdin=None)
+    done = inv(project, "k8s.kubectl", "--runner", "@all", "--", "sha", input=blob, stdin=None)
     want = hashlib.sha256(blob).hexdigest()
-    assert sorted(done.stdout.decode().splitlines()) == sorted(f"[{n}] {want}" for n in ("eu", "us", "asia"))
+    assert sorted(done.stdout.decode().splitlines()) == sorted(f"[{n}] {want}" for n in GOOD)
+    assert done.returncode == 0
 
 
 def test_failed_hops_are_summarised_and_the_others_finish(project):
     done = inv(project, "k8s.kubectl", "--runner", "@mixed", "--", "exit-with", "0")
     summary = dict(line.split(" exit ", 1) for line in done.stderr.decode().splitlines()
                    if line.startswith("dapfab: ["))
-    assert list(summary) == ["dapfab: [eu]", "dapfab: [novm]", "dapfab: [us]", "dapfab: [nohost]"]
-    assert summary["dapfab: [eu]"].startswith("0 in ") and summary["dapfab: [us]"].startswith("0 in ")
+    assert list(summary) == ["dapfab: [m1-r1]", "dapfab: [novm]", "dapfab: [m2-r1]", "dapfab: [nohost]"]
+    assert summary["dapfab: [m1-r1]"].startswith("0 in ") and summary["dapfab: [m2-r1]"].startswith("0 in ")
     assert summary["dapfab: [novm]"].startswith("125 in ") and "no-such-vm" in summary["dapfab: [novm]"]
     assert summary["dapfab: [nohost]"].startswith("255 in ") and "198.51.100.7" in summary["dapfab: [nohost]"]
     assert done.returncode == 125  # the first runner, in the order given, that failed
 
 
+def test_a_host_cut_off_and_a_stopped_vm_fail_alone_while_the_others_finish(project, lab, GOOD):
+    from dapfab.testing import fleet
+
+    stopped = [n for n in GOOD if n.startswith("m1-")][-1]  # a VM behind the healthy host
+    fleet.stop(lab, stopped)
+    with lab.link_cut("bastion", "mgmt2"):  # packets dropped: no answer, no refusal
+        done = inv(project, "k8s.kubectl", "--runner", "@all", "--", "exit-with", "0")
+    summary = dict(line.split(" exit ", 1) for line in done.stderr.decode().splitlines()
+                   if line.startswith("dapfab: ["))
+    assert list(summary) == [f"dapfab: [{n}]" for n in GOOD]
+    for name in GOOD:
+        line = summary[f"dapfab: [{name}]"]
+        if name == stopped:
+            assert line.startswith("125 in ") and "is not running" in line, line
+        elif name.startswith("m2-"):
+            assert line.startswith("255 in ") and f"management host {lab.address('mgmt2')}" in line, line
+            # One attempt for the host, its failure shared by its runners: not 5 s each in turn.
+            assert float(line.split()[2]) < 2 * 5, line
+        else:
+            assert line.startswith("0 in "), line
+    assert done.returncode == 125  # the stopped VM comes before mgmt2's runners in the group
+
+
 def test_the_exit_code_is_the_first_failure_in_order(project):
-    done = inv(project, "k8s.kubectl", "--runner", "eu,us", "--", "exit-with", "0")
+    done = inv(project, "k8s.kubectl", "--runner", "m1-r1,m2-r1", "--", "exit-with", "0")
     assert done.returncode == 0
-    done = inv(project, "k8s.kubectl", "--runner", "eu,us", "--parallel", "1", "--", "exit-with", "4")
+    done = inv(project, "k8s.kubectl", "--runner", "m1-r1,m2-r1", "--parallel", "1", "--", "exit-with", "4")
     assert done.returncode == 4
 
 
 @pytest.mark.parametrize("argv, says", [
-    (("k8s.kubectl", "--runner", "eu,nope", "--", "version"), "unknown runner profile 'nope'"),
-    (("k8s.kubectl", "--runner", "eu,us", "--", "exec", "-it", "web", "--", "sh"), "one runner, not 2"),
-    (("k8s.forward", "pod/web", "8080", "--runner", "@all"), "one runner, not 4"),
+    (("k8s.kubectl", "--runner", "m1-r1,nope", "--", "version"), "unknown runner profile 'nope'"),
+    (("k8s.kubectl", "--runner", "m1-r1,m2-r1", "--", "exec", "-it", "web", "--", "sh"), "one runner, not 2"),
+    (("k8s.forward", "pod/web", "8080", "--runner", "m1-r1,m2-r1,novm"), "one runner, not 3"),
 ])
 def test_what_cannot_fan_out_is_refused_before_anything_runs(project, lab, argv, says):
     done = inv(project, *argv)
@@ -129,30 +159,33 @@ def test_what_cannot_fan_out_is_refused_before_anything_runs(project, lab, argv,
 
 def test_curl_json_prints_one_object_per_runner(project, lab):
     url = f"http://{lab.cluster_address}:8080/status/404"
-    done = inv(project, "k8s.curl", url, "--runner", "eu,us", "--json")
+    done = inv(project, "k8s.curl", url, "--runner", "m1-r1,m2-r1", "--json")
     objects = [json.loads(line) for line in done.stdout.decode().splitlines()]
-    assert sorted(o["runner"] for o in objects) == ["eu", "us"]
+    assert sorted(o["runner"] for o in objects) == ["m1-r1", "m2-r1"]
     assert all(list(o)[:2] == ["runner", "status"] and o["status"] == 404 for o in objects)
     assert done.returncode == 22
-    plain = inv(project, "k8s.curl", url, "--runner", "eu,us", "--no-fail")
-    assert sorted(plain.stdout.decode().splitlines()) == ['[eu] {"status": 404}', '[us] {"status": 404}']
-    assert {"[eu] HTTP 404", "[us] HTTP 404"} <= set(plain.stderr.decode().splitlines())
+    plain = inv(project, "k8s.curl", url, "--runner", "m1-r1,m2-r1", "--no-fail")
+    assert sorted(plain.stdout.decode().splitlines()) == ['[m1-r1] {"status": 404}', '[m2-r1] {"status": 404}']
+    assert {"[m1-r1] HTTP 404", "[m2-r1] HTTP 404"} <= set(plain.stderr.decode().splitlines())
     assert plain.returncode == 0
 
 
 def test_dry_prints_each_runners_command_with_its_prefix(project):
-    done = inv(project, "--dry", "k8s.kubectl", "--runner", "eu,novm", "--", "get", "pods")
+    done = inv(project, "--dry", "k8s.kubectl", "--runner", "m1-r1,novm", "--", "get", "pods")
     lines = done.stdout.decode().splitlines()
-    assert [line.split(" ", 1)[0] for line in lines] == ["[eu]", "[novm]"]
+    assert [line.split(" ", 1)[0] for line in lines] == ["[m1-r1]", "[novm]"]
     assert "exec no-such-vm -T -- bash -lc 'kubectl get pods'" in lines[1]
 
 
-def streaming(lab) -> bool:
-    return lab.running("runner", "kubectl-fan_stream")
+def streaming(lab) -> list[str]:
+    """The runners where the streaming plugin still runs."""
+    from dapfab.testing import fleet
+
+    return fleet.running(lab, "kubectl-fan_stream")
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGKILL, None)])
-def test_interrupt_or_kill_with_every_runner_busy_leaves_nothing(project, lab, sig, code):
+def test_interrupt_or_kill_with_every_runner_busy_leaves_nothing(project, lab, sig, code, GOOD):
     proc = subprocess.Popen([sys.executable, "-m", "invoke", "k8s.kubectl", "--runner", "@all",
                              "--", "fan-stream"], cwd=project, env=env(), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -166,7 +199,7 @@ def test_interrupt_or_kill_with_every_runner_busy_leaves_nothing(project, lab, s
         returned = proc.wait(30)
         if code is not None:
             assert returned == code
-            assert not streaming(lab)  # gone before dapfab returned
+            assert streaming(lab) == []  # gone before dapfab returned
         else:
             wait_until(lambda: not streaming(lab), timeout=20, what="every remote command gone")
     finally:
@@ -182,7 +215,7 @@ def test_python_api_results_per_runner(project, lab):
         from dapfab.config import RunnerConfig
         from dapfab.fanout import FanOutError, kubectl_in_runners
         config = Config(project_location={str(project)!r}); config.load_project()
-        runners = {{n: RunnerConfig.from_invoke_config(config, runner=n) for n in ("eu", "novm")}}
+        runners = {{n: RunnerConfig.from_invoke_config(config, runner=n) for n in ("m1-r1", "novm")}}
         results = kubectl_in_runners(runners, ["exit-with", "0"], hide=True, warn=True)
         print([(n, r.succeeded, r.failed, r.exited) for n, r in results.items()])
         try:
@@ -193,15 +226,15 @@ def test_python_api_results_per_runner(project, lab):
     done = subprocess.run([sys.executable, "-c", code], cwd=project, env=env(), capture_output=True,
                           timeout=120)
     assert done.stdout.decode().splitlines() == [
-        "[('eu', True, False, 0), ('novm', False, True, 125)]", "125 ['eu', 'novm']"], done.stderr
+        "[('m1-r1', True, False, 0), ('novm', False, True, 125)]", "125 ['m1-r1', 'novm']"], done.stderr
 
 
 def test_config_show_and_doctor_take_a_group(project):
-    shown = inv(project, "config.show", "--runner", "eu,novm").stdout.decode()
-    assert "== runner eu ==" in shown and "== runner novm ==" in shown and "no-such-vm" in shown
-    doctor = inv(project, "config.doctor", "--runner", "eu,novm")
+    shown = inv(project, "config.show", "--runner", "m1-r1,novm").stdout.decode()
+    assert "== runner m1-r1 ==" in shown and "== runner novm ==" in shown and "no-such-vm" in shown
+    doctor = inv(project, "config.doctor", "--runner", "m1-r1,novm")
     out = doctor.stdout.decode()
-    eu, novm = out.split("== runner novm ==")
-    assert "== runner eu ==" in eu and "FAIL" not in eu and "OK    curl present" in eu
+    first, novm = out.split("== runner novm ==")
+    assert "== runner m1-r1 ==" in first and "FAIL" not in first and "OK    curl present" in first
     assert "FAIL  VM exists and running" in novm
     assert doctor.returncode == 125  # the first failing runner's hop

@@ -123,14 +123,14 @@ def test_force_interactive_gives_the_command_a_pty(lab):
 
 
 def test_list_and_info_show_the_instance_running(lab):
-    assert incus(lab, "list", "--format", "csv", "-c", "ns").stdout == f"{lab.vm_name},RUNNING\n"
+    assert incus(lab, "list", lab.vm_name, "--format", "csv", "-c", "ns").stdout == f"{lab.vm_name},RUNNING\n"
     info = incus(lab, "info", lab.vm_name).stdout
     assert f"Name: {lab.vm_name}\nStatus: RUNNING\n" in info
 
 
 def test_list_shows_a_stopped_instance_as_stopped(lab):
     lab.stop_runner()
-    assert incus(lab, "list", "--format", "csv", "-c", "ns").stdout == f"{lab.vm_name},STOPPED\n"
+    assert incus(lab, "list", lab.vm_name, "--format", "csv", "-c", "ns").stdout == f"{lab.vm_name},STOPPED\n"
 
 
 def test_without_incus_the_login_shell_says_command_not_found(lab):

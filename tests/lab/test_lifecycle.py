@@ -9,6 +9,7 @@ import subprocess
 import pytest
 from lab_helpers import find, ssh
 
+from dapfab.testing import fleet
 from dapfab.testing.lab import Lab
 from dapfab.testing.waiting import wait_until
 
@@ -39,7 +40,9 @@ def leftovers(lab: Lab) -> dict[str, list[str]]:
 
 def lab_pids(lab: Lab) -> set[int]:
     pids = set(lab.state()["holders"].values()) | {lab.backend.init_pid()}
-    for host in ("bastion", "mgmt", "runner", "cluster"):
+    for host in lab.state()["holders"]:
+        pids |= set(lab.pids(host))
+    for host in ("runner", "cluster"):
         pids |= set(lab.pids(host))
     return pids - {None}
 
@@ -53,6 +56,7 @@ def alive(pid: int) -> bool:
 
 
 def test_down_leaves_no_namespace_veth_route_mount_process_or_file(lab):
+    fleet.grow(lab)  # the grown parts go as well
     session = subprocess.Popen(["ssh", "-F", lab.ssh_config, "mgmt", "sleep 1000"],
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     try:

@@ -20,6 +20,7 @@ __all__ = [
     "RunnerConfig",
     "RunnerError",
     "SSHError",
+    "api_proxy",
     "incus_command",
     "kubectl_command",
     "kubectl_in_runner",
@@ -36,6 +37,7 @@ _HOMES = {
     "kubectl_in_runner": "dapfab.run",
     "port_forward": "dapfab.forward",
     "runner_curl": "dapfab.curl",
+    "api_proxy": "dapfab.apiproxy",
 }
 
 

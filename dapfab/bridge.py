@@ -139,7 +139,7 @@ class BridgedConnection:
         bridge = self.bridge
         process = RemoteProcess(
             bridge.config,
-            relay_command(bridge.runner_port or 0, self.listener),
+            bridge.relay or relay_command(bridge.runner_port or 0, self.listener),
             on_stdout=self._down,
             on_stderr=self._err,
             in_stream=_SocketReader(self),
@@ -193,7 +193,8 @@ class LaptopBridge:
     :attr:`addresses` what is listened on. A port already in use (on 127.0.0.1 or ::1) raises
     :class:`~dapfab.errors.ConfigError` (exit 2) at once. ``listener`` returns the inode of
     the forward's listening socket, or None while it is down (see the module docs); without
-    it, connections are relayed to whatever listens on the runner port.
+    it, connections are relayed to whatever listens on the runner port. ``relay`` (VM shell
+    code) replaces the relay to the runner port, e.g. one to a Unix socket (k8s.proxy).
     """
 
     def __init__(
@@ -204,9 +205,11 @@ class LaptopBridge:
         laptop_port: int | str = 0,
         on_event: Callable[[str], None] | None = None,
         listener: Callable[[], int | None] | None = None,
+        relay: str | None = None,
     ) -> None:
         self.config = config
         self.listener = listener
+        self.relay = relay
         self.runner_port = None if runner_port is None else validate_port(runner_port, what="runner port")
         self.requested_port = validate_port(laptop_port, allow_zero=True, what="laptop port")
         self.laptop_port: int | None = None
@@ -266,7 +269,7 @@ class LaptopBridge:
             self.runner_port = validate_port(runner_port, what="runner port")
         if listener is not None:
             self.listener = listener
-        if self.runner_port is None:
+        if self.runner_port is None and self.relay is None:
             raise ValueError("the runner port is not known yet")
         self.bind()
         self._acceptor = threading.Thread(target=self._accept, name="dapfab-bridge", daemon=True)

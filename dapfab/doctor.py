@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
 
 # Tools with a check of their own (with its own exit code and fix).
-OWN_CHECKS = ("curl",)
+OWN_CHECKS = ("curl", "socat", "kubectl")
 REMOTE_TIMEOUT = 30.0  # seconds for one doctor command on mgmt or in the VM
 API_TIMEOUT = 5  # kubectl --request-timeout for the API server check
 
@@ -89,7 +89,9 @@ KUBECTL = "kubectl present"
 KUBECONFIG = "kubeconfig present"
 API = "API server answers (kubectl version)"
 CURL = "curl present"
-ORDER = (CONFIG, KEY, GATEWAY, MGMT, SHELL, INCUS, VM, BASH, TOOLS, KUBECTL, KUBECONFIG, API, CURL)
+SOCAT = "socat present"
+ORDER = (CONFIG, KEY, GATEWAY, MGMT, SHELL, INCUS, VM, BASH, TOOLS, KUBECTL, KUBECONFIG, API, CURL,
+         SOCAT)
 
 
 def check_config(load: Callable[[], RunnerConfig]) -> tuple[Check, RunnerConfig | None]:
@@ -325,6 +327,8 @@ def run_checks(load: Callable[[], RunnerConfig]) -> Iterator[Check]:
         yield from _skipped((KUBECONFIG, API), KUBECTL)
     yield _guarded(CURL, lambda c: check_command(
         c, CURL, "curl", "install curl in the VM (k8s.curl and runner_curl use it)"), config)
+    yield _guarded(SOCAT, lambda c: check_command(
+        c, SOCAT, "socat", "install socat in the VM (k8s.proxy relays to its socket with it)"), config)
 
 
 def _guarded(name: str, check: Callable[[RunnerConfig], Check], config: RunnerConfig) -> Check:

@@ -316,6 +316,18 @@ class RemoteProcess:
         with self._send_lock:
             self.channel.sendall(memoryview(data))
 
+    def ended(self) -> bool:
+        """Whether the remote command has finished or its connection broke (or it never
+        started)."""
+        channel, link = self.channel, self.link
+        if channel is None:
+            return True
+        return (
+            compat.exit_status_event(channel).is_set()
+            or channel.closed
+            or not link.transport.is_active()
+        )
+
     def heartbeat(self) -> None:
         """Tell the launcher the caller is alive, unless the channel is busy with data."""
         if self.finished or not self._send_lock.acquire(blocking=False):

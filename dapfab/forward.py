@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from dapfab import compat
 from dapfab.commands import kubectl_command, validate_port, validate_seconds
 from dapfab.errors import CommandError, ConfigError, DapError, DapTimeout, Interrupted
 from dapfab.remote import protocol, scripts
@@ -135,15 +134,7 @@ class _Attempt:
 
     def ended(self) -> bool:
         """Whether the remote command has finished or its connection broke."""
-        process = self.process
-        channel, link = process.channel, process.link
-        if channel is None:
-            return True
-        return (
-            compat.exit_status_event(channel).is_set()
-            or channel.closed
-            or not link.transport.is_active()
-        )
+        return self.process.ended()
 
     def failure(self, what: str) -> DapError:
         """The error for an attempt that ended before (or instead of) being ready."""

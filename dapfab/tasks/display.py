@@ -1,4 +1,5 @@
-"""What ``k8s.forward`` shows while it runs, and its wait until Ctrl-C or SIGTERM.
+"""What ``k8s.forward`` and ``k8s.proxy`` show while they run, and their wait until Ctrl-C
+or SIGTERM.
 
 ``Forwarding from ...`` lines go to stdout (parseable); events go to stderr; on a terminal
 one live status line on stderr shows the forward's state and the bridge's traffic. Every
@@ -23,7 +24,8 @@ def _mib(count: int) -> str:
 class ForwardDisplay:
     """Forwarding lines on stdout; events on stderr; on a terminal, one live status line."""
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str = "forward") -> None:
+        self.kind = kind
         self.live = sys.stderr.isatty()
         self.status = ""
         self.lock = threading.Lock()
@@ -36,10 +38,10 @@ class ForwardDisplay:
             self._draw()
 
     def event(self, message: str) -> None:
-        """A ``dapfab: forward: ...`` line on stderr (restarts, refused connections)."""
+        """A ``dapfab: <kind>: ...`` line on stderr (restarts, refused connections)."""
         with self.lock:
             self._clear()
-            print(f"dapfab: forward: {shown(message)}", file=sys.stderr, flush=True)
+            print(f"dapfab: {self.kind}: {shown(message)}", file=sys.stderr, flush=True)
             self._draw()
 
     def update(self, status: str) -> None:
@@ -66,10 +68,10 @@ class ForwardDisplay:
                 sys.stderr.flush()
 
 
-def status_line(label: str, forward: Any, bridge: Any) -> str:
-    """The live status: the forward's state and restarts, and the bridge's traffic."""
+def status_line(label: str, forward: Any, bridge: Any, kind: str = "forward") -> str:
+    """The live status: the forward's (or proxy's) state and restarts, and the bridge's traffic."""
     state = "up" if forward.alive else "reconnecting"
-    status = f"forward {label} {state}, restarts {forward.restarts}"
+    status = f"{kind} {label} {state}, restarts {forward.restarts}"
     if bridge is not None:
         status += (
             f" | connections {bridge.open_connections} open, {bridge.total_connections} total"
@@ -83,7 +85,7 @@ def wait_for_signal(label: str, forward: Any, bridge: Any, display: ForwardDispl
     while True:
         time.sleep(0.5)
         if display.live:
-            display.update(status_line(label, forward, bridge))
+            display.update(status_line(label, forward, bridge, display.kind))
 
 
 def close(forward: Any, bridge: Any, display: ForwardDisplay) -> None:

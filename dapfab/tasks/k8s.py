@@ -381,5 +381,71 @@ def _curl_fan_out(c: Context, names: list[str], url: str, request: dict[str, Any
     _finish_fan_out(fan_out(names, work, parallel=fan_out_parallel(c, parallel)))
 
 
-ns = Collection("k8s", kubectl, forward, curl)
+@task(
+    klass=DapTask,
+    auto_shortflags=False,
+    help={
+        "laptop_port": "listen on this laptop's 127.0.0.1:N and [::1]:N (default 0: a port "
+        "free on both)",
+        "kubeconfig": "write the kubeconfig here (default: a file of this process in the "
+        "user's runtime directory); an existing file dapfab did not write is refused",
+        "namespace": "the kubeconfig context's namespace",
+        "context": CONTEXT_HELP,
+        "runner": RUNNER_HELP,
+    },
+)
+@reported
+def proxy(
+    c: Context,
+    laptop_port: str | None = None,
+    kubeconfig: str | None = None,
+    namespace: str | None = None,
+    context: str | None = None,
+    runner: str | None = None,
+) -> None:
+    """Serve the cluster's API on the laptop for local tools until Ctrl-C: inv k8s.proxy
+
+    Prints `Proxying <runner> API on http://127.0.0.1:<port> (kubeconfig <path>)` and an
+    `export KUBECONFIG=<path>` line; the kubeconfig holds no credentials and is deleted
+    when the proxy ends.
+    """
+    from dapfab.apiproxy import dry_command
+    from dapfab.commands import incus_command, validate_port
+
+    wanted = validate_port(laptop_port if laptop_port is not None else 0, allow_zero=True,
+                           what="--laptop-port")
+    names = resolve_runners(c, runner)
+    if names is not None and len(names) > 1:
+        from dapfab.errors import ConfigError
+
+        raise ConfigError(f"a proxy runs on one runner, not {len(names)}",
+                          hint="give --runner a single profile")
+    call = resolve_call(c, names[0] if names else None, None, context)
+    if announce(c, incus_command(call.config, dry_command(call.context))):
+        return
+    call.config.check_configured()
+    _serve_proxy(call, names[0] if names else None, wanted, kubeconfig, namespace)
+
+
+def _serve_proxy(call: Call, name: str | None, laptop_port: int, kubeconfig: str | None,
+                 namespace: str | None) -> None:
+    """Run the API proxy until a signal."""
+    from dapfab.apiproxy import ApiProxy
+    from dapfab.quoting import quote
+    from dapfab.tasks.display import ForwardDisplay, close, wait_for_signal
+
+    display = ForwardDisplay("proxy")
+    proxy = ApiProxy(call.config, laptop_port=laptop_port, kubeconfig=kubeconfig,
+                     namespace=namespace, context=call.context, name=name,
+                     on_event=display.event)
+    try:
+        path = proxy.open()
+        display.line(f"Proxying {proxy.name} API on {proxy.url} (kubeconfig {path})")
+        display.line(f"export KUBECONFIG={quote(str(path))}")
+        wait_for_signal(proxy.name, proxy, proxy.bridge, display)
+    finally:
+        close(proxy, None, display)
+
+
+ns = Collection("k8s", kubectl, forward, curl, proxy)
 ns.configure({"dap": copy.deepcopy(DEFAULTS)})

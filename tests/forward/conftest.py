@@ -79,12 +79,13 @@ class Inv:
         return self.proc.stdout.readline().decode()
 
     def finish(self, timeout: float = 30.0) -> tuple[int, str]:
-        """Exit code and stderr once it has exited."""
+        """Exit code and stderr once it has exited (the rest of stdout in :attr:`out`)."""
         try:
-            _, err = self.proc.communicate(timeout=timeout)
+            out, err = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             raise
+        self.out = out.decode()
         return self.proc.returncode, err.decode()
 
     def kill(self) -> None:

@@ -100,6 +100,16 @@ def test_missing_launcher_tool_is_named(lab, clean_lab):
     assert rows[d.TOOLS].startswith("FAIL") and "missing in the VM: unshare" in rows[d.TOOLS]
 
 
+def test_without_socat_doctor_names_it_and_k8s_proxy_says_so(lab, clean_lab):
+    with without_tool(lab, "socat"):
+        code, out, err, _ = run_cli(lab, ("config.doctor",), {})
+        proxy = run_cli(lab, ("k8s.proxy",), {})
+    rows = {n: line for _, n, line in parse(out)}
+    assert code == 127 and rows[d.SOCAT].startswith("FAIL"), out.decode() + err
+    assert "install socat in the VM" in rows[d.SOCAT]
+    assert proxy[0] == 127 and "socat is not installed in the VM" in proxy[2], proxy
+
+
 @contextlib.contextmanager
 def without_tool(lab, tool: str):
     lab.run("runner", 'mkdir -p ~/.notool && for f in /usr/bin/*; do '

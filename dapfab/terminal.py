@@ -104,7 +104,7 @@ def run_with_pty(config: RunnerConfig, command: str) -> Result:
             hint="the VM needs coreutils and a writable temp directory",
         )
     unstage = ["bash", "-c", scripts.load("unstage").text, "dapfab", staged, str(GUARD_STALE)]
-    size = shutil.get_terminal_size()
+    size = window_size()
     guard = RemoteProcess(
         config,
         scripts.program("keep_guard", staged),
@@ -120,13 +120,24 @@ def run_with_pty(config: RunnerConfig, command: str) -> Result:
     return Result(command, code)
 
 
+def window_size() -> os.terminal_size:
+    """The terminal's own window size (asked of the tty, as ssh does); ``COLUMNS``/``LINES``
+    only without a terminal: exported values go stale on the first resize."""
+    for stream in (sys.stdin, sys.stdout, sys.stderr):
+        try:
+            return os.get_terminal_size(stream.fileno())
+        except (OSError, ValueError, AttributeError):
+            continue
+    return shutil.get_terminal_size()
+
+
 def _pump(channel: Any) -> int:
     stdin_fd, stdout_fd = sys.stdin.fileno(), sys.stdout.fileno()
     is_tty = os.isatty(stdin_fd)
     saved = termios.tcgetattr(stdin_fd) if is_tty else None
 
     def resize(*_: object) -> None:
-        size = shutil.get_terminal_size()
+        size = window_size()
         channel.resize_pty(width=size.columns, height=size.lines)
 
     previous = signal.signal(signal.SIGWINCH, resize)

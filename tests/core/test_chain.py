@@ -205,3 +205,13 @@ def test_runner_hop_failure_is_reported_even_when_the_channel_closed_before_the_
     finally:
         lab.restore_incus()
     assert "not installed" in str(caught.value)
+
+
+def test_kubectl_exec_in_a_pod_passes_stdin_output_and_the_exit_code(cli):
+    """The lab's pods answer exec as a cluster does: the pod command's exit code is kubectl's,
+    and so dapfab's."""
+    done = cli("k8s.kubectl", "--", "exec", "-i", "web", "--", "sh", "-c",
+               'read -r line; echo "pod got $line"; echo oops >&2; exit 3', input=b"hello\n")
+    assert done.stdout == b"pod got hello\n"
+    assert done.stderr == b"oops\ncommand terminated with exit code 3\n"
+    assert done.returncode == 3

@@ -97,3 +97,46 @@ def test_a_frozen_laptop_does_not_leave_its_pty_session_running(lab):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         os.close(master)
+
+
+@pytest.mark.parametrize("transport", ["true", "false"], ids=["websocket", "spdy"])
+def test_kubectl_exec_it_works_end_to_end_on_a_terminal(lab, transport):
+    """The README's ``inv k8s.kubectl -- exec -it web -- sh``: a pty from the laptop's terminal
+    through the runner's kubectl to a pty in the pod, with the laptop's window size."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 99, 0, 0))
+    argv = [sys.executable, "-m", "invoke", "-f", lab.runtime_config, "k8s.kubectl", "--", "exec",
+            "-it", "web", "--", "sh", "-c", "stty size; test -t 0 && echo POD-TTY; read -r line; "
+            'echo "got $line"; exit 3']
+    # The runner's kubectl picks WebSocket or SPDY from its login environment.
+    lab.run("runner", f"echo 'export KUBECTL_REMOTE_COMMAND_WEBSOCKETS={transport}' > ~/.bash_profile",
+            check=True)
+    # COLUMNS/LINES exported by a shell go stale on a resize: the terminal's own size wins.
+    env = {**os.environ, "COLUMNS": "80", "LINES": "24"}
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0), env=env)
+    os.close(slave)
+    output, sent = b"", False
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+            if b"POD-TTY" in output and not sent:
+                os.write(master, b"typed on the laptop\r")
+                sent = True
+        code = proc.wait(30)
+    finally:
+        lab.run("runner", "rm -f ~/.bash_profile")
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    text = output.decode(errors="replace")
+    assert "33 99" in text and "POD-TTY" in text and "got typed on the laptop" in text, text
+    assert code == 3, text

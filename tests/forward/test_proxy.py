@@ -103,6 +103,21 @@ def test_port_forward_through_the_proxy(proxy, lab):
         forward.wait()
 
 
+@pytest.mark.parametrize("transport", ["true", "false"], ids=["websocket", "spdy"])
+def test_exec_and_attach_through_the_proxy(proxy, transport):
+    env = {**proxy.env, "KUBECTL_REMOTE_COMMAND_WEBSOCKETS": transport}
+    done = subprocess.run([KUBECTL, "exec", "-i", "web", "--", "sh", "-c", "wc -c; exit 3"],
+                          input=b"y" * 70_000, env=env, capture_output=True, timeout=60)
+    assert (done.returncode, done.stdout.split()) == (3, [b"70000"]), done.stderr
+    attach = subprocess.Popen([KUBECTL, "attach", "web"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        assert attach.stdout.readline().startswith(b"tick ")
+    finally:
+        attach.kill()
+        attach.wait()
+
+
 def test_the_python_kubernetes_client_lists_pods(proxy):
     from kubernetes import client, config
 

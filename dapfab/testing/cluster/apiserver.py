@@ -3,8 +3,9 @@
 Serves ``/version`` (minor 32), legacy discovery (``/api``, ``/apis``, ``/api/v1``), the
 OpenAPI v3 documents ``apply`` needs, CRUD on the core/v1 kinds in ``resources.KINDS``
 (Tables for ``kubectl get``, plain lists otherwise; apply-patch, strategic/merge/JSON-merge
-patches), pod logs (``follow`` too) and pod port-forward (SPDY/3.1; the WebSocket variant is
-refused so kubectl falls back). Every request is recorded in ``requests.log`` as one JSON
+patches), pod logs (``follow`` too), pod port-forward (SPDY/3.1; the WebSocket variant is
+refused so kubectl falls back) and pod exec/attach (WebSocket v5, SPDY fallback:
+:mod:`.remotecommand`). Every request is recorded in ``requests.log`` as one JSON
 line with ``token``: ``valid`` / ``invalid`` / ``missing`` (never the token itself).
 """
 
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from . import openapi, resources
+from . import openapi, remotecommand, resources
 from .pods import PodProcess
 from .portforward import PortForwardSession
 from .resources import KINDS, SUBRESOURCES, Obj
@@ -181,6 +182,8 @@ class APIServer:
         try:
             if req.path.endswith("/portforward"):
                 return await self._portforward(req, token, reader, writer)
+            if req.path.endswith(("/exec", "/attach")):
+                return await self._remotecommand(req, token, reader, writer)
             if req.path.endswith("/log") and req.query.get("follow") == "true":
                 return await self._follow_log(req, token, writer)
             if req.method == "GET" and req.query.get("watch") in ("true", "1"):
@@ -535,6 +538,65 @@ class APIServer:
         await session.run()
         self._event(f"portforward {ns}/{name} closed: {session.bytes_in} bytes in, "
                     f"{session.bytes_out} bytes out")
+        return False
+
+    # --- exec and attach -------------------------------------------------------------
+
+    async def _remotecommand(self, req: Request, token: str, reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> bool:
+        parts = req.path.strip("/").split("/")
+        if len(parts) != 7 or parts[2] != "namespaces" or parts[4] != "pods":
+            raise HTTPError(404, "NotFound", "the server could not find the requested resource")
+        ns, name, verb = parts[3], parts[5], parts[6]
+        pod = self._pod(ns, name)
+        if pod.get("status", {}).get("phase") != "Running":
+            raise HTTPError(400, "BadRequest", f"pod {name} is not running")
+        argv = parse_qs(urlsplit(req.target).query).get("command", [])
+        if verb == "exec" and not argv:
+            raise HTTPError(400, "BadRequest", "you must specify at least 1 command")
+        upgrade = req.headers.get("upgrade", "").lower()
+        if upgrade == "websocket":
+            offered = [p.strip() for p in req.headers.get("sec-websocket-protocol", "").split(",")]
+            if remotecommand.WS_PROTOCOL not in offered:
+                raise HTTPError(400, "BadRequest", f"none of {offered} is supported")
+            accept = remotecommand.websocket_accept(req.headers.get("sec-websocket-key", ""))
+            head = ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    f"Sec-WebSocket-Accept: {accept}\r\n"
+                    f"Sec-WebSocket-Protocol: {remotecommand.WS_PROTOCOL}\r\n\r\n")
+            io: remotecommand.Channels = remotecommand.WebSocketChannels(reader, writer)
+        elif upgrade == "spdy/3.1":
+            offered = [p.strip() for p in req.headers.get("x-stream-protocol-version", "").split(",")]
+            if remotecommand.SPDY_PROTOCOL not in offered:
+                raise HTTPError(400, "BadRequest", f"none of {offered} is supported")
+            head = ("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+                    f"X-Stream-Protocol-Version: {remotecommand.SPDY_PROTOCOL}\r\n\r\n")
+            io = remotecommand.SpdyChannels(reader, writer, remotecommand.expected_streams(req.query))
+        else:
+            raise HTTPError(400, "BadRequest", "upgrade request required")
+        self._log(req, token, 101)
+        writer.write(head.encode())
+        await writer.drain()
+        reading = asyncio.create_task(io.read_loop())
+        if isinstance(io, remotecommand.SpdyChannels):
+            try:
+                await asyncio.wait_for(io.ready.wait(), remotecommand.STREAM_WAIT)
+            except TimeoutError:
+                reading.cancel()
+                return False
+        proc = self.pods.get((ns, name))
+        cwd = str(proc.log_path.parent) if proc is not None else "/"
+        if verb == "attach":
+            code = await remotecommand.follow(io, proc.log_path if proc is not None else None,
+                                              lambda line: self._strip_stamp(line, False))
+        elif req.query.get("tty") == "true":
+            code = await remotecommand.run_pty(io, argv, cwd)
+        else:
+            code = await remotecommand.run_pipes(io, argv, req.query.get("stdin") == "true",
+                                                 req.query.get("stderr") == "true", cwd)
+        self._event(f"{verb} {ns}/{name} {argv} ({upgrade}) exited {code}")
+        if not io.gone.is_set():
+            await io.finish(remotecommand.status(code, argv))
+        reading.cancel()
         return False
 
     def _event(self, message: str) -> None:

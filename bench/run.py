@@ -17,6 +17,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -564,6 +565,79 @@ class Bench:
         return row
 
 
+    # -- the API proxy (rows 18, 19) ------------------------------------------------------
+    def api_proxy(self, runs: int, log_size: int) -> list[Row]:
+        """Rows 18 and 19, keeper off, kubectl's discovery cache warm on both sides: a local
+        ``kubectl get pods`` through ``k8s.proxy`` vs ``inv k8s.kubectl -- get pods``, per
+        call; ``log_size`` bytes of ``logs`` both ways."""
+        env = {**self.env, "DAP_SSH_PERSIST": "0"}
+        proxy = subprocess.Popen(self.inv + ["k8s.proxy"], cwd=str(self.project), env=env,
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, text=True)
+        try:
+            assert proxy.stdout is not None
+            first = proxy.stdout.readline()
+            kubeconfig = first.rsplit("(kubeconfig ", 1)[1].rstrip(")\n")
+            home = self.tmp / "proxy-home"
+            home.mkdir(exist_ok=True)
+            local_env = {**env, "KUBECONFIG": kubeconfig, "HOME": str(home)}
+            kubectl = shutil.which("kubectl") or "kubectl"
+
+            def local(*args: str, sink: bool = False) -> tuple[float, bytes]:
+                wall, _, code, out = run_process([kubectl, *args], env=local_env, sink=sink)
+                assert code == 0, f"local kubectl exited {code}"
+                return wall, out
+
+            def inv(*args: str, sink: bool = False) -> tuple[float, bytes]:
+                wall, _, code, out = run_process(self.inv + ["k8s.kubectl", "--", *args],
+                                                 cwd=str(self.project), env=env, sink=sink)
+                assert code == 0, f"inv exited {code}"
+                return wall, out
+
+            local("get", "pods")  # both discovery caches warm
+            inv("get", "pods")
+            a, b = interleave(runs * 5, lambda: local("get", "pods")[0], lambda: inv("get", "pods")[0])
+            ma, mb = statistics.median(a), statistics.median(b)
+            calls = Row(18, "API proxy: local `kubectl get pods` through `k8s.proxy` vs "
+                        "`inv k8s.kubectl -- get pods`, per call (both dapfab)",
+                        f"{ma * 1000:.0f} ms", f"{mb * 1000:.0f} ms", ma / mb, "<= 0.3")
+            calls.passed = check(calls.ratio, calls.goal)  # type: ignore[arg-type]
+            log = self.lab.state_dir / "cluster" / "pods" / "default_web.log"  # type: ignore[attr-defined]
+            line = b"x" * 63 + b"\n"
+            with open(log, "ab") as f:
+                for _ in range(log_size // (len(line) << 14)):
+                    f.write(line * (1 << 14))
+            size = log.stat().st_size
+
+            def count(out: bytes) -> None:
+                assert int(out) >= size - (1 << 20), (int(out), size)
+
+            def ours() -> float:
+                wall, out = local("logs", "web", sink=True)
+                count(out)
+                return wall
+
+            def theirs() -> float:
+                wall, out = inv("logs", "web", sink=True)
+                count(out)
+                return wall
+
+            a, b = interleave(runs, ours, theirs)
+            ta, tb = size / MIB / statistics.median(a), size / MIB / statistics.median(b)
+            logs = Row(19, f"API proxy: {size // MIB} MiB of `logs` through `k8s.proxy` vs through "
+                       "`inv k8s.kubectl -- logs` (both dapfab)", f"{ta:.0f} MiB/s", f"{tb:.0f} MiB/s",
+                       ta / tb, ">= 0.7")
+            logs.passed = check(logs.ratio, logs.goal)  # type: ignore[arg-type]
+            return [calls, logs]
+        finally:
+            proxy.send_signal(signal.SIGINT)
+            try:
+                proxy.wait(30)
+            except subprocess.TimeoutExpired:
+                proxy.kill()
+                proxy.wait()
+
+
 def dapfab_import_ms(report: str) -> float:
     """The summed self time (ms) of dapfab's modules in a ``-X importtime`` report."""
     total = 0
@@ -611,7 +685,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lab-id", type=int, default=int(os.environ.get("DAPFAB_LAB_ID") or 7))
     parser.add_argument("--reuse", action="store_true", help="use a lab that is up; leave it up")
-    parser.add_argument("--rows", default=",".join(str(n) for n in range(1, 18)))
+    parser.add_argument("--rows", default=",".join(str(n) for n in range(1, 20)))
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args()
@@ -641,6 +715,8 @@ def main() -> int:
                                        if r.number in wanted)),
         ({16}, lambda: rows.append(bench.fanout_sleep(1 if q else 3))),
         ({17}, lambda: rows.append(bench.fanout_kubectl(3 if q else 7))),
+        ({18, 19}, lambda: rows.extend(r for r in bench.api_proxy(1 if q else 3, 256 * MIB)
+                                       if r.number in wanted)),
         ({2}, lambda: rows.append(bench.warm(1 if q else 3, 50 if q else 200))),
         ({3}, lambda: rows.append(bench.stdin(1 if q else 3, 256 * MIB))),
         ({4}, lambda: rows.append(bench.stdout(1 if q else 3, 256 * MIB))),

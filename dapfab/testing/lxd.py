@@ -44,10 +44,10 @@ from dapfab.testing.lab import (
 CACHE_DIR = Path("/var/cache/dapfab-lab")
 LXD_ROOT = Path("/var/lib/dapfab-lab")
 # Bump when the image recipe changes: the cached tarball and the imported alias follow it.
-IMAGE_VERSION = "2"
+IMAGE_VERSION = "3"
 IMAGE_ALIAS = f"dapfab-lab-runner-v{IMAGE_VERSION}"
 KUBECTL = "/usr/lib/google-cloud-sdk/bin/kubectl.1.32"
-PACKAGES = "bash,coreutils,util-linux,curl,procps,iproute2,ca-certificates"
+PACKAGES = "bash,coreutils,util-linux,curl,socat,procps,iproute2,ca-certificates"
 MIRROR = "http://deb.debian.org/debian"
 LXD_PACKAGES = ("lxd", "debootstrap")
 CLIENT = "/usr/bin/lxc"

@@ -118,6 +118,38 @@ def test_exec_and_attach_through_the_proxy(proxy, transport):
         attach.wait()
 
 
+def test_exec_it_through_the_proxy_on_a_terminal(proxy):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 31, 97, 0, 0))
+    local = subprocess.Popen([KUBECTL, "exec", "-it", "web", "--", "sh", "-c", "stty size; exit 6"],
+                             stdin=slave, stdout=slave, stderr=slave, env=proxy.env,
+                             start_new_session=True,
+                             preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+    os.close(slave)
+    output = b""
+    try:
+        while chunk := _read(master):
+            output += chunk
+        assert local.wait(30) == 6, output
+    finally:
+        local.kill()
+        local.wait()
+        os.close(master)
+    assert b"31 97" in output
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 4096)
+    except OSError:  # the terminal's other side closed
+        return b""
+
+
 def test_the_python_kubernetes_client_lists_pods(proxy):
     from kubernetes import client, config
 

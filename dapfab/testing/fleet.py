@@ -18,9 +18,6 @@ VM names behind both hosts are on purpose (a runner is its host plus its VM).
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 from typing import Any
 
 from dapfab.testing.lab import (
@@ -156,8 +153,7 @@ def vm(lab: Lab, profile: str) -> NetnsVM:
     runner = fleet(lab)[profile]
     if not runner["key"]:
         raise LabError(f"{profile} is not a namespace VM of the fleet")
-    return NetnsVM(lab, runner["vm"], runner["host"], runner["key"], f"{lab.prefix}{runner['key']}",
-                   runner["address"], runner["routes"])
+    return NetnsVM.of(lab, runner)
 
 
 def running(lab: Lab, word: str) -> list[str]:
@@ -175,23 +171,6 @@ def _backend_init(lab: Lab, name: str) -> int | None:
     if name == lab.vm_name:
         return lab.backend.init_pid()
     return lab.backend.container_init(name)
-
-
-def reset(lab: Lab) -> None:
-    """Restart stopped fleet VMs and kill what tests left in them (after ``lab.reset``)."""
-    strays = []
-    for name, runner in fleet(lab).items():
-        if runner["key"]:
-            the_vm = vm(lab, name)
-            the_vm.start()
-            strays += vm_processes(the_vm.init_pid())
-        elif runner["vm"] != lab.vm_name:
-            lab.backend.start_container(runner["vm"])
-            strays += vm_processes(lab.backend.container_init(runner["vm"]))
-    strays += [(pid, argv) for pid, argv in lab.processes(HOST) if "incus" in (argv[0] if argv else "")]
-    for pid, _ in strays:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def stop(lab: Lab, profile: str) -> None:

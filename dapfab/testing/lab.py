@@ -767,10 +767,25 @@ class Lab:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        if "fleet" in self.state():
-            from dapfab.testing import fleet
+        self._reset_grown()
 
-            fleet.reset(self)
+    def _reset_grown(self) -> None:
+        """Restart the grown lab's stopped VMs and containers (``dapfab.testing.fleet``) and
+        kill what tests left in them and in mgmt2's exec clients."""
+        strays = []
+        for record in self.state().get("fleet", {}).values():
+            if record["key"]:
+                vm = NetnsVM.of(self, record)
+                vm.start()
+                strays += vm_processes(vm.init_pid())
+            elif record["vm"] != self.vm_name:
+                self.backend.start_container(record["vm"])
+                strays += vm_processes(self.backend.container_init(record["vm"]))
+        if "mgmt2" in self.state()["holders"]:
+            strays += [(pid, argv) for pid, argv in self.processes("mgmt2") if "incus" in argv[0]]
+        for pid, _ in strays:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 SYSCTLS = ("{ echo 0 > /proc/sys/net/ipv4/ip_forward; "
@@ -882,6 +897,12 @@ class NetnsVM:
                  routes: Sequence[str] = ()) -> None:
         self.lab, self.name, self.host, self.key = lab, name, host, key
         self.netns, self.address, self.routes = netns, address, list(routes)
+
+    @classmethod
+    def of(cls, lab: Lab, record: dict[str, Any]) -> NetnsVM:
+        """The VM a grown lab recorded (``dapfab.testing.fleet``)."""
+        return cls(lab, record["vm"], record["host"], record["key"], f"{lab.prefix}{record['key']}",
+                   record["address"], record["routes"])
 
     @property
     def dir(self) -> Path:

@@ -39,7 +39,7 @@ def runners(dapfab_lab) -> dict[str, dict]:
     from dapfab.testing.kubectl_plugins import install_kubectl_plugins
 
     fleet.grow(dapfab_lab)
-    fleet.reset(dapfab_lab)  # a reused lab: every VM up
+    dapfab_lab.reset()  # a reused lab: every VM up
     profiles = fleet.profiles(dapfab_lab)
     for p in profiles.values():
         install_kubectl_plugins(RunnerConfig(

@@ -6,7 +6,7 @@ import os
 import stat
 
 import pytest
-import yaml
+from ruamel.yaml import YAML
 
 from dapfab.apiproxy import (
     HEADER,
@@ -19,6 +19,10 @@ from dapfab.apiproxy import (
 from dapfab.errors import ConfigError
 
 
+def _load(text: str) -> dict:
+    return YAML(typ="safe").load(text)
+
+
 def test_tokens_are_fresh_url_safe_and_at_least_128_bits():
     tokens = {new_token() for _ in range(100)}
     assert len(tokens) == 100
@@ -28,13 +32,13 @@ def test_tokens_are_fresh_url_safe_and_at_least_128_bits():
 def test_the_kubeconfig_has_one_entry_named_after_the_runner_and_no_credentials():
     text = kubeconfig_text("prod-eu", "http://127.0.0.1:4242/TOKEN", "web")
     assert text.startswith(HEADER)
-    config = yaml.safe_load(text)
+    config = _load(text)
     assert config["clusters"] == [{"name": "prod-eu", "cluster": {"server": "http://127.0.0.1:4242/TOKEN"}}]
     assert config["users"] == [{"name": "prod-eu", "user": {}}]
     assert config["contexts"] == [{"name": "prod-eu", "context": {
         "cluster": "prod-eu", "user": "prod-eu", "namespace": "web"}}]
     assert config["current-context"] == "prod-eu"
-    assert "namespace" not in yaml.safe_load(kubeconfig_text("a", "http://x"))["contexts"][0]["context"]
+    assert "namespace" not in _load(kubeconfig_text("a", "http://x"))["contexts"][0]["context"]
 
 
 def test_the_dry_line_has_placeholders_and_the_sent_program_has_the_token():

@@ -173,6 +173,17 @@ def resolve_runners(c: Context, runner: str | None) -> list[str] | None:
     return runner_names(c.config, runner)
 
 
+def single_runner(names: list[str] | None, what: str) -> str | None:
+    """The one profile of ``names`` (None: the default runner); ConfigError (exit 2) when
+    ``what`` is asked of several."""
+    if names is not None and len(names) > 1:
+        from dapfab.errors import ConfigError
+
+        raise ConfigError(f"{what} runs on one runner, not {len(names)}",
+                          hint="give --runner a single profile")
+    return names[0] if names else None
+
+
 def fan_out_parallel(c: Context, parallel: str | None) -> int:
     """``--parallel``, else ``dap.fanout.parallel`` (``DAP_FANOUT_PARALLEL``): at least 1."""
     from dapfab.config import resolve

@@ -22,6 +22,7 @@ from dapfab.tasks.edge import (
     resolve_call,
     resolve_runners,
     run_options,
+    single_runner,
 )
 
 
@@ -53,7 +54,7 @@ def kubectl(
     stdout/stderr stream, stdin passes through (`apply -f -`), the exit code is kubectl's;
     on a terminal, `exec -it`, `edit` and `attach` get a pty.
     """
-    from dapfab.errors import CommandError, ConfigError
+    from dapfab.errors import CommandError
     from dapfab.run import kubectl_in_runner
     from dapfab.terminal import on_terminal, wants_pty
 
@@ -63,8 +64,7 @@ def kubectl(
     names = resolve_runners(c, runner)
     if names is not None and len(names) > 1:
         if wants_pty(words):
-            raise ConfigError(f"a terminal session (exec -it, edit, attach) runs on one runner, "
-                              f"not {len(names)}", hint="give --runner a single profile")
+            single_runner(names, "a terminal session (exec -it, edit, attach)")
         _kubectl_fan_out(c, names, words, namespace, context, parallel)
         return
     call = resolve_call(c, names[0] if names else None, namespace, context)
@@ -179,13 +179,7 @@ def forward(
         if laptop_port is None
         else validate_port(laptop_port, allow_zero=True, what="--laptop-port")
     )
-    names = resolve_runners(c, runner)
-    if names is not None and len(names) > 1:
-        from dapfab.errors import ConfigError
-
-        raise ConfigError(f"a forward runs on one runner, not {len(names)}",
-                          hint="give --runner a single profile")
-    call = resolve_call(c, names[0] if names else None, namespace, context)
+    call = resolve_call(c, single_runner(resolve_runners(c, runner), "a forward"), namespace, context)
     dry = forward_dry_command(forward_command(
         target, remote_port, local_port=runner_port, namespace=call.namespace, context=call.context
     ))
@@ -414,17 +408,12 @@ def proxy(
 
     wanted = validate_port(laptop_port if laptop_port is not None else 0, allow_zero=True,
                            what="--laptop-port")
-    names = resolve_runners(c, runner)
-    if names is not None and len(names) > 1:
-        from dapfab.errors import ConfigError
-
-        raise ConfigError(f"a proxy runs on one runner, not {len(names)}",
-                          hint="give --runner a single profile")
-    call = resolve_call(c, names[0] if names else None, None, context)
+    name = single_runner(resolve_runners(c, runner), "a proxy")
+    call = resolve_call(c, name, None, context)
     if announce(c, incus_command(call.config, dry_command(call.context))):
         return
     call.config.check_configured()
-    _serve_proxy(call, names[0] if names else None, wanted, kubeconfig, namespace)
+    _serve_proxy(call, name, wanted, kubeconfig, namespace)
 
 
 def _serve_proxy(call: Call, name: str | None, laptop_port: int, kubeconfig: str | None,

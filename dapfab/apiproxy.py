@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dapfab.errors import CommandError, ConfigError, DapError, DapTimeout, Interrupted
-from dapfab.remote import scripts
+from dapfab.remote import protocol, scripts
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("dapfab.apiproxy")
 
 READY_TIMEOUT = 30.0
-SOCKET_MARKER = b"DAPFAB-API-SOCKET "
 RELAY_REFUSED = 111
 HEADER = "# written by dapfab k8s.proxy: no credentials; deleted when the proxy ends\n"
 NAME = re.compile(r"[A-Za-z0-9._-]{1,63}")
@@ -200,12 +199,14 @@ class ApiProxy:
         return f"http://127.0.0.1:{self.bridge.laptop_port}"
 
     def _stdout(self, data: bytes) -> None:
+        """Only the script's socket markers come on stdout (kubectl's goes to /dev/null)."""
         self._out += data
+        start = protocol.marker("socket") + b" "
         while b"\n" in self._out:
             line, _, rest = bytes(self._out).partition(b"\n")
             self._out = bytearray(rest)
-            if line.startswith(SOCKET_MARKER):
-                path = line[len(SOCKET_MARKER):].decode("utf-8", "replace")
+            if line.startswith(start):
+                path = line[len(start):].decode("utf-8", "replace")
                 if self.socket_path is None:
                     self.socket_path = path
                     self._ready.set()

@@ -28,6 +28,7 @@ MARKERS = {
     "end": ("helper.sh", "stdout: <nonce> <exit code>; stderr: <nonce>"),
     "listener": ("forward_report.sh", "stdout: <inode> of the forward's listening socket"),
     "curl": ("curl.sh", "stderr: <curl exit code>, then the header dump"),
+    "socket": ("api_proxy.sh", "stdout: <path> of kubectl proxy's socket, each time it serves"),
 }
 MARKER_START = b"\0dapfab-"
 

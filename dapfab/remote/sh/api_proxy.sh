@@ -3,8 +3,8 @@
 # The runner side of k8s.proxy, run as `api_proxy.sh TOKEN [KUBECTL_FLAG...]`: kubectl proxy
 # on a Unix socket in a private directory (mktemp -d: 0700, never a TCP port a VM user could
 # reach), under the prefix /TOKEN/, restarted on the same socket and token when it exits.
-# Prints `DAPFAB-API-SOCKET <path>` each time the socket is up; a kubectl that never served
-# ends it with kubectl's exit code, a missing socat with 127. The launcher ends it (and
+# Prints the socket marker (`\0dapfab-socket <path>`) each time the socket is up; a kubectl
+# that never served ends it with kubectl's exit code, a missing socat with 127. The launcher ends it (and
 # kubectl) with the session; the directory's lock then frees, and the next proxy started
 # in this VM removes directories whose lock is free.
 # The default --reject-paths blocks exec and attach even under a prefix: `^$` matches no path.
@@ -35,7 +35,7 @@ while :; do
   until [ -S "$sock" ] || ! kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
   if [ -S "$sock" ]; then
     served=1
-    echo "DAPFAB-API-SOCKET $sock"
+    printf '\0dapfab-socket %s\n' "$sock"
   fi
   wait "$pid"
   code=$?

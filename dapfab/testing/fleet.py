@@ -26,7 +26,6 @@ from dapfab.testing.lab import (
     LabError,
     NetnsVM,
     _ip,
-    _wait_for,
     install_incus,
     vm_processes,
 )
@@ -81,31 +80,19 @@ def _add_host(lab: Lab) -> None:
     _ip(netns=ns, batch=["link set lo up", f"addr add {a['mgmt2@bastion']} dev eth0",
                          "link set eth0 up"])
     lab.run(HOST, SYSCTLS, env=None, check=True, via_netns=True)
-    authorized = state / HOST / "home" / ".ssh" / "authorized_keys"
-    authorized.write_text((state / "id_ed25519.pub").read_text())
-    authorized.chmod(0o600)
-    (state / HOST / "sshd_config").write_text(lab._sshd_config(HOST))
+    lab._write_host_files(HOST)
     if keygen.wait():
         raise LabError(f"ssh-keygen for {HOST} failed")
-    proc, ready = lab._start_holder(HOST)
-    _wait_for(lambda: ready.exists() or proc.poll() is not None, 10, f"{HOST} host")
-    if proc.poll() is not None:
-        raise LabError(f"{HOST}: namespace holder exited with {proc.returncode}")
-    lab.state()["holders"][HOST] = proc.pid
-    lab._save()
+    lab._await_holder(HOST, *lab._start_holder(HOST))
     lab._spawn_sshd(HOST)
     lab._wait_sshd(HOST)
     install_incus(lab, HOST)
     address = lab.address(HOST)
-    key = " ".join((state / HOST / "ssh_host_ed25519_key.pub").read_text().split()[:2])
     with open(lab.known_hosts, "a") as known:
-        known.write(f"{address} {key}\n")
+        known.write(lab.known_hosts_line(HOST))
     with open(lab.ssh_config, "a") as config:
         config.write(f"Host {HOST} {lab.prefix}{HOST} {address}\n    HostName {address}\n"
-                     f"    ProxyJump bastion\n    User root\n    IdentityFile {lab.ssh_key}\n"
-                     f"    IdentitiesOnly yes\n    UserKnownHostsFile {lab.known_hosts}\n"
-                     "    GlobalKnownHostsFile /dev/null\n    StrictHostKeyChecking yes\n"
-                     "    BatchMode yes\n    ConnectTimeout 10\n")
+                     "    ProxyJump bastion\n" + lab.ssh_options())
 
 
 def _add_vm(lab: Lab, index: int, host: str, name: str) -> NetnsVM:

@@ -345,19 +345,11 @@ class Lab:
         for proc in keygens:
             if proc.wait():
                 raise LabError(f"ssh-keygen failed: {proc.stderr.read() if proc.stderr else ''}")
-        pub = (state / "id_ed25519.pub").read_text()
         for host in SSHD_HOSTS:
-            authorized = state / host / "home" / ".ssh" / "authorized_keys"
-            authorized.write_text(pub)
-            authorized.chmod(0o600)
-            (state / host / "sshd_config").write_text(self._sshd_config(host))
+            self._write_host_files(host)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
         for host, (proc, ready) in holders.items():
-            _wait_for(lambda r=ready, p=proc: r.exists() or p.poll() is not None, 10, f"{host} host")
-            if proc.poll() is not None:
-                raise LabError(f"{host}: namespace holder exited with {proc.returncode}")
-            self._state["holders"][host] = proc.pid
-        self._save()
+            self._await_holder(host, proc, ready)
         for host in SSHD_HOSTS:
             self._spawn_sshd(host)
         self.backend.up()
@@ -408,6 +400,32 @@ class Lab:
                            log=host_dir / "holder.log")
         return proc, ready
 
+    def _await_holder(self, host: str, proc: subprocess.Popen, ready: Path) -> None:
+        """Wait for ``host``'s namespace holder (:meth:`_start_holder`) and record it."""
+        _wait_for(lambda: ready.exists() or proc.poll() is not None, 10, f"{host} host")
+        if proc.poll() is not None:
+            raise LabError(f"{host}: namespace holder exited with {proc.returncode}")
+        self.state()["holders"][host] = proc.pid
+        self._save()
+
+    def _write_host_files(self, host: str) -> None:
+        """An sshd host's authorized_keys (the lab's key) and sshd_config."""
+        authorized = self.state_dir / host / "home" / ".ssh" / "authorized_keys"
+        authorized.write_text((self.state_dir / "id_ed25519.pub").read_text())
+        authorized.chmod(0o600)
+        (self.state_dir / host / "sshd_config").write_text(self._sshd_config(host))
+
+    def known_hosts_line(self, host: str) -> str:
+        """``host``'s line for the lab's known_hosts: its address and host key."""
+        key = (self.state_dir / host / "ssh_host_ed25519_key.pub").read_text().split()[:2]
+        return f"{self.address(host)} {' '.join(key)}\n"
+
+    def ssh_options(self) -> str:
+        """The ssh_config lines every lab host shares (user, key, known_hosts, no prompts)."""
+        return (f"    User root\n    IdentityFile {self.ssh_key}\n    IdentitiesOnly yes\n"
+                f"    UserKnownHostsFile {self.known_hosts}\n    GlobalKnownHostsFile /dev/null\n"
+                "    StrictHostKeyChecking yes\n    BatchMode yes\n    ConnectTimeout 10\n")
+
     def _spawn(self, argv: list[str], log: Path | None = None, **kwargs: Any) -> subprocess.Popen:
         """Start a long-lived lab process detached from the caller's session and terminal."""
         out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
@@ -449,18 +467,13 @@ class Lab:
     def _write_client_files(self) -> None:
         state = self.state_dir
         b, m = self.address("bastion"), self.address("mgmt")
-        known = "".join(
-            f"{addr} {' '.join((state / h / 'ssh_host_ed25519_key.pub').read_text().split()[:2])}\n"
-            for h, addr in (("bastion", b), ("mgmt", m)))
-        Path(self.known_hosts).write_text(known)
+        Path(self.known_hosts).write_text("".join(self.known_hosts_line(h) for h in SSHD_HOSTS))
         Path(self.ssh_config).write_text(
             f"# dapfab lab {self.lab_id}: ssh -F {self.ssh_config} mgmt\n"
             f"Host bastion {self.prefix}bastion\n    HostName {b}\n"
             f"Host mgmt {self.prefix}mgmt\n    HostName {m}\n    ProxyJump bastion\n"
             f"Host bastion {self.prefix}bastion mgmt {self.prefix}mgmt {b} {m}\n"
-            f"    User root\n    IdentityFile {self.ssh_key}\n    IdentitiesOnly yes\n"
-            f"    UserKnownHostsFile {self.known_hosts}\n    GlobalKnownHostsFile /dev/null\n"
-            "    StrictHostKeyChecking yes\n    BatchMode yes\n    ConnectTimeout 10\n")
+            + self.ssh_options())
         r = self.env()
         Path(self.runtime_config).write_text(
             f"# dapfab lab {self.lab_id}: inv -f {self.runtime_config} k8s.kubectl -- get pods\n"
@@ -759,33 +772,28 @@ class Lab:
         self.backend.restore_client()
         # Orphans a test left on purpose (the incus semantics tests) must not count
         # against the next test's "nothing leaked" checks.
-        strays = [pid for pid, argv in self.processes("mgmt")
-                  if argv and ("incus" in argv[0] or argv[0].endswith(self.incus))]
+        strays = [pid for host in self.state()["holders"] if host.startswith("mgmt")
+                  for pid, argv in self.processes(host)
+                  if "incus" in argv[0] or argv[0].endswith(self.incus)]
         strays += [pid for pid, _ in self.processes("runner")]
+        strays += self._restart_grown()
         for pid in strays:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self._reset_grown()
 
-    def _reset_grown(self) -> None:
-        """Restart the grown lab's stopped VMs and containers (``dapfab.testing.fleet``) and
-        kill what tests left in them and in mgmt2's exec clients."""
-        strays = []
+    def _restart_grown(self) -> list[int]:
+        """Start the grown lab's stopped VMs and containers (``dapfab.testing.fleet``); the
+        PIDs of what tests left in them."""
+        left = []
         for record in self.state().get("fleet", {}).values():
             if record["key"]:
                 vm = NetnsVM.of(self, record)
                 vm.start()
-                strays += vm_processes(vm.init_pid())
+                left += vm_processes(vm.init_pid())
             elif record["vm"] != self.vm_name:
                 self.backend.start_container(record["vm"])
-                strays += vm_processes(self.backend.container_init(record["vm"]))
-        if "mgmt2" in self.state()["holders"]:
-            strays += [(pid, argv) for pid, argv in self.processes("mgmt2") if "incus" in argv[0]]
-        for pid, _ in strays:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+                left += vm_processes(self.backend.container_init(record["vm"]))
+        return [pid for pid, _ in left]
 
 
 SYSCTLS = ("{ echo 0 > /proc/sys/net/ipv4/ip_forward; "

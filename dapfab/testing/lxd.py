@@ -281,11 +281,13 @@ class LxdRunner(RunnerBackend):
         if kubeconfig.exists():
             self.write_file("/root/.kube/config", kubeconfig.read_bytes(), container=name)
 
+    def _init_key(self, name: str) -> str:
+        """Where the lab's state keeps the PID of container ``name``'s init."""
+        return "runner_init" if name == self.vm_name else f"container_{name}_init"
+
     def container_init(self, name: str) -> int | None:
         """The PID of container ``name``'s init, if it runs."""
-        if name == self.vm_name:
-            return self.init_pid()
-        pid = self.lab.state().get(f"container_{name}_init")
+        pid = self.lab.state().get(self._init_key(name))
         return pid if _alive(pid) else None
 
     def start_container(self, name: str) -> None:
@@ -296,7 +298,7 @@ class LxdRunner(RunnerBackend):
         pid = int(state.get("pid") or 0)
         if not _alive(pid):
             raise LabError(f"container {name} has no running init: {state.get('status')}")
-        self.lab.state()["runner_init" if name == self.vm_name else f"container_{name}_init"] = pid
+        self.lab.state()[self._init_key(name)] = pid
         self.lab._save()
         # No DHCP here: the network is configured as a cloud-init would, from outside.
         veth, gateway, address = self._nic(name)
@@ -314,7 +316,7 @@ class LxdRunner(RunnerBackend):
         if init:
             self.lxc("stop", "--force", name, what="lxc stop")
             _wait_for(lambda: not _alive(init), 10, f"{name} to stop")
-        self.lab.state()["runner_init" if name == self.vm_name else f"container_{name}_init"] = None
+        self.lab.state()[self._init_key(name)] = None
         self.lab._save()
 
     def _install_client(self) -> None:

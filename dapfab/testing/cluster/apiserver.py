@@ -45,6 +45,14 @@ def not_found(plural: str, name: str) -> HTTPError:
     return HTTPError(404, "NotFound", f'{plural} "{name}" not found', {"name": name, "kind": plural})
 
 
+def _pod_subresource(req: Request) -> tuple[str, str, str]:
+    """(namespace, pod, subresource) of ``/api/v1/namespaces/NS/pods/NAME/SUB``; 404 otherwise."""
+    parts = req.path.strip("/").split("/")
+    if len(parts) != 7 or parts[2] != "namespaces" or parts[4] != "pods":
+        raise HTTPError(404, "NotFound", "the server could not find the requested resource")
+    return parts[3], parts[5], parts[6]
+
+
 class Request:
     """One parsed HTTP/1.1 request."""
 
@@ -53,6 +61,10 @@ class Request:
         url = urlsplit(target)
         self.path = unquote(url.path)
         self.query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+
+    def header_list(self, name: str) -> list[str]:
+        """The comma-separated values of header ``name`` (repeated headers are joined)."""
+        return [value.strip() for value in self.headers.get(name, "").split(",")]
 
     def wants_table(self) -> bool:
         return "as=Table" in self.headers.get("accept", "")
@@ -421,10 +433,7 @@ class APIServer:
         return data
 
     async def _follow_log(self, req: Request, token: str, writer: asyncio.StreamWriter) -> bool:
-        parts = req.path.strip("/").split("/")  # api v1 namespaces NS pods NAME log
-        if len(parts) != 7 or parts[2] != "namespaces" or parts[4] != "pods":
-            raise HTTPError(404, "NotFound", "the server could not find the requested resource")
-        ns, name = parts[3], parts[5]
+        ns, name, _ = _pod_subresource(req)
         try:
             initial = self._log_text(ns, name, req.query)
         except HTTPError as exc:
@@ -508,13 +517,10 @@ class APIServer:
 
     async def _portforward(self, req: Request, token: str, reader: asyncio.StreamReader,
                            writer: asyncio.StreamWriter) -> bool:
-        parts = req.path.strip("/").split("/")
-        if len(parts) != 7 or parts[2] != "namespaces" or parts[4] != "pods":
-            raise HTTPError(404, "NotFound", "the server could not find the requested resource")
-        ns, name = parts[3], parts[5]
+        ns, name, _ = _pod_subresource(req)
         pod = self._pod(ns, name)
         upgrade = req.headers.get("upgrade", "").lower()
-        protocols = [p.strip() for p in req.headers.get("x-stream-protocol-version", "").split(",")]
+        protocols = req.header_list("x-stream-protocol-version")
         if upgrade != "spdy/3.1" or "portforward.k8s.io" not in protocols:
             # WebSocket (or anything else): refuse, kubectl falls back to SPDY/3.1
             status = resources.status(400, "BadRequest", f"upgrade to {upgrade or 'nothing'} is not supported; use SPDY/3.1")
@@ -544,10 +550,7 @@ class APIServer:
 
     async def _remotecommand(self, req: Request, token: str, reader: asyncio.StreamReader,
                              writer: asyncio.StreamWriter) -> bool:
-        parts = req.path.strip("/").split("/")
-        if len(parts) != 7 or parts[2] != "namespaces" or parts[4] != "pods":
-            raise HTTPError(404, "NotFound", "the server could not find the requested resource")
-        ns, name, verb = parts[3], parts[5], parts[6]
+        ns, name, verb = _pod_subresource(req)
         pod = self._pod(ns, name)
         if pod.get("status", {}).get("phase") != "Running":
             raise HTTPError(400, "BadRequest", f"pod {name} is not running")
@@ -556,7 +559,7 @@ class APIServer:
             raise HTTPError(400, "BadRequest", "you must specify at least 1 command")
         upgrade = req.headers.get("upgrade", "").lower()
         if upgrade == "websocket":
-            offered = [p.strip() for p in req.headers.get("sec-websocket-protocol", "").split(",")]
+            offered = req.header_list("sec-websocket-protocol")
             if remotecommand.WS_PROTOCOL not in offered:
                 raise HTTPError(400, "BadRequest", f"none of {offered} is supported")
             accept = remotecommand.websocket_accept(req.headers.get("sec-websocket-key", ""))
@@ -565,7 +568,7 @@ class APIServer:
                     f"Sec-WebSocket-Protocol: {remotecommand.WS_PROTOCOL}\r\n\r\n")
             io: remotecommand.Channels = remotecommand.WebSocketChannels(reader, writer)
         elif upgrade == "spdy/3.1":
-            offered = [p.strip() for p in req.headers.get("x-stream-protocol-version", "").split(",")]
+            offered = req.header_list("x-stream-protocol-version")
             if remotecommand.SPDY_PROTOCOL not in offered:
                 raise HTTPError(400, "BadRequest", f"none of {offered} is supported")
             head = ("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"

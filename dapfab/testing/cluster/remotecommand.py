@@ -272,6 +272,20 @@ def _kill(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+async def _exit_code(io: Channels, pid: int, exited: Awaitable[int]) -> int:
+    """The exit code of the command ``pid`` leads (128+N when killed by signal N), killed
+    when the client leaves first; whatever it left in its session is killed too."""
+    waiter = asyncio.ensure_future(exited)
+    gone = asyncio.create_task(io.gone.wait())
+    await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+    gone.cancel()
+    if not waiter.done():
+        _kill(pid)
+    code = await waiter
+    _kill(pid)
+    return 128 - code if code < 0 else code
+
+
 async def run_pipes(io: Channels, argv: list[str], stdin: bool, stderr: bool, cwd: str) -> int:
     """``argv`` with pipes; its exit code (128+N when killed by signal N)."""
     try:
@@ -298,17 +312,11 @@ async def run_pipes(io: Channels, argv: list[str], stdin: bool, stderr: bool, cw
             await pipe.drain()
 
         tasks.append(asyncio.create_task(_feed(io, write, pipe.close)))
-    gone = asyncio.create_task(io.gone.wait())
-    waiter = asyncio.create_task(proc.wait())
-    await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
-    if not waiter.done():
-        _kill(proc.pid)
-    code = await waiter
-    _kill(proc.pid)  # what the command left in its session
+    code = await _exit_code(io, proc.pid, proc.wait())
     await asyncio.gather(*tasks[:2], return_exceptions=True)
-    for task in [*tasks[2:], gone]:
+    for task in tasks[2:]:
         task.cancel()
-    return 128 - code if code < 0 else code
+    return code
 
 
 def _controlling_tty() -> None:  # in the child: its own session, the pty as its terminal
@@ -355,20 +363,14 @@ async def run_pty(io: Channels, argv: list[str], cwd: str) -> int:
 
     feeder = asyncio.create_task(_feed(io, lambda data: os.write(master, data), lambda: None))
     resizer = asyncio.create_task(resize())
-    waiter = asyncio.create_task(asyncio.to_thread(proc.wait))
-    gone = asyncio.create_task(io.gone.wait())
-    await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
-    if not waiter.done():
-        _kill(proc.pid)
-    code = await waiter
-    _kill(proc.pid)
+    code = await _exit_code(io, proc.pid, asyncio.to_thread(proc.wait))
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(output_done.wait(), 2)
     loop.remove_reader(master)
     os.close(master)
-    for task in (feeder, resizer, gone):
+    for task in (feeder, resizer):
         task.cancel()
-    return 128 - code if code < 0 else code
+    return code
 
 
 async def follow(io: Channels, log_path: Path | None, line: Callable[[str], str]) -> int:

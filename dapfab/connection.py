@@ -629,6 +629,20 @@ class Pool:
                 except Exception:  # a closing channel: _take drops it
                     pass
 
+    def drop_idle(self) -> None:
+        """Close every idle helper, so that the next call starts a fresh one: for a caller
+        about to end dapfab's processes in the VMs (the test lab's reset does)."""
+        with self._lock:
+            spare = []
+            for link in (link for group in self._links.values() for link in group):
+                for channels in link.idle.values():
+                    spare += channels
+                    link.sessions -= len(channels)
+                    channels.clear()
+            self._changed.notify_all()
+        for channel in spare:
+            channel.close()
+
     def close_all(self) -> None:
         """Close every connection (registered at exit)."""
         with self._lock:

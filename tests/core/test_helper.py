@@ -174,3 +174,19 @@ def test_runners_behind_one_host_share_its_connection_but_never_each_others_help
     assert POOL.opened == opened
     assert run_in_runner(runner_config, "echo ok", hide=True).stdout == "ok\n"
     assert POOL.opened == opened
+
+
+def test_the_lab_fixture_drops_idle_helpers_before_reset_kills_their_processes(lab, runner_config):
+    """lab.reset kills every process in the runner; a pooled idle helper must not outlive
+    its process there and be handed to the next test's command (which then died with 137)."""
+    from dapfab.connection import POOL
+
+    run_in_runner(runner_config, "true", hide=True, in_stream=False)
+    links = [link for group in POOL._links.values() for link in group]
+    assert any(link.idle_channels() for link in links)  # the helper stays, idle
+    sessions = sum(link.sessions for link in links)
+    POOL.drop_idle()
+    assert not any(link.idle_channels() for link in links)
+    assert sum(link.sessions for link in links) < sessions
+    lab.reset()
+    assert run_in_runner(runner_config, "echo again", hide=True, in_stream=False).stdout == "again\n"

@@ -97,21 +97,28 @@ class CurlError(DapError):
     hop = "curl"
 
 
-# Characters a terminal acts on instead of showing: C0/C1 controls and DEL (Unicode Cc), and
-# the bidirectional overrides and isolates that reorder what is shown.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# Characters a terminal acts on instead of showing: C0/C1 controls and DEL (Unicode Cc), the
+# bidirectional overrides and isolates that reorder what is shown, and C1 as raw bytes that
+# are not UTF-8 (decoded with "surrogateescape": an 8-bit terminal acts on them).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\udc80-\udc9f]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if char in _NAMED:
+        return _NAMED[char]
+    if code >= 0xDC80:  # a raw byte that is not UTF-8
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def shown(text: str) -> str:
     """``text`` safe to put in one of dapfab's own messages: control characters (and bidi
     overrides) become visible escapes (``\\n``, ``\\x1b``, ``\\u202e``), so remote text cannot
-    drive the terminal or split the line. Command output is never passed through this."""
-    return _UNSAFE.sub(
-        lambda m: _NAMED.get(m.group(), f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                             else f"\\u{ord(m.group()):04x}"),
-        text,
-    )
+    drive the terminal or split the line. Command output passes through it only in fan-out to
+    a terminal (:func:`dapfab.fanout.escaped`)."""
+    return _UNSAFE.sub(lambda m: _escape(m.group()), text)
 
 
 def render(error: DapError) -> str:

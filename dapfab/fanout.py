@@ -4,9 +4,11 @@
 Each runner's output is printed line by line, every line whole and prefixed with the
 runner's name (``[prod-eu] ...``) on the stream it came on; a last line without a newline
 is printed whole too (with a newline added, so that the next runner's line starts on a line
-of its own). Bytes that are not UTF-8 pass through unchanged after the prefix. stdin that
-is not a terminal or ``/dev/null`` is read as it arrives and fed to every runner (the
-slowest sets the pace). One runner's failure never stops the others.
+of its own), and a line over :data:`LINE_BOUND` in prefixed pieces. After the prefix the
+bytes are unchanged, UTF-8 or not, except on a terminal, where control characters are shown
+escaped (:func:`escaped`). stdin that is not a terminal or ``/dev/null`` is read as it
+arrives and fed to every runner (the slowest sets the pace). One runner's failure never
+stops the others.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 from dapfab.commands import kubectl_command
-from dapfab.errors import DapError
+from dapfab.errors import DapError, shown
 from dapfab.execution import caller_stdin, hide_flags, run_command
 from dapfab.streams import read_chunk
 
@@ -84,25 +86,45 @@ class FanOutError(DapError):
         self.results = results
 
 
-class _LinePrinter:
-    """Writes one runner's stream to ``target``, a whole prefixed line at a time."""
+LINE_BOUND = 1 << 20  # bytes: a longer line is printed in pieces of at most this many
 
-    def __init__(self, prefix: bytes, target: IO[Any], lock: threading.Lock) -> None:
+
+class _LinePrinter:
+    """Writes one runner's stream to ``target``, whole prefixed lines at a time, in time
+    linear in the output. A line ends at ``\\n``; one longer than ``bound`` bytes is printed
+    in prefixed pieces of at most ``bound`` bytes (cut between UTF-8 characters), each with a
+    newline added, so memory stays bounded and the other runners' lines go on in between.
+    With ``escape`` (the target is a terminal) control characters after the prefix are shown
+    escaped (:func:`escaped`)."""
+
+    def __init__(self, prefix: bytes, target: IO[Any], lock: threading.Lock, *,
+                 escape: bool = False, bound: int = LINE_BOUND) -> None:
         self.prefix = prefix
         self.target = getattr(target, "buffer", target)
         self.lock = lock
-        self.pending = b""
+        self.escape = escape
+        self.bound = bound
+        self.pending = bytearray()  # the line begun, at most ``bound`` bytes between writes
 
     def write(self, data: bytes) -> int:
-        """Take output; print every line it completes; the number of bytes taken."""
-        taken = len(data)
-        data = self.pending + bytes(data)
-        cut = data.rfind(b"\n") + 1
-        self.pending = data[cut:]
-        if cut:
-            lines = data[:cut].splitlines(keepends=True)
-            self._emit(b"".join(self.prefix + line for line in lines))
-        return taken
+        """Take output; print every line it completes and every whole piece of a line
+        over the bound; the number of bytes taken."""
+        start = len(self.pending)
+        self.pending += data
+        out: list[bytes] = []
+        end = self.pending.rfind(b"\n", start) + 1  # only the new bytes are searched
+        if end:
+            lines = bytes(self.pending[:end - 1]).split(b"\n")
+            del self.pending[:end]
+            for line in lines:
+                self._pieces(line, out)
+        while len(self.pending) > self.bound:
+            cut = _cut(self.pending, self.bound)
+            out.append(self._line(bytes(self.pending[:cut])))
+            del self.pending[:cut]
+        if out:
+            self._emit(b"".join(out))
+        return len(data)
 
     def flush(self) -> None:
         """Nothing to do until the end (see :meth:`close`)."""
@@ -110,13 +132,48 @@ class _LinePrinter:
     def close(self) -> None:
         """Print a last line that has no newline, whole, with one added."""
         if self.pending:
-            self._emit(self.prefix + self.pending + b"\n")
-            self.pending = b""
+            self._emit(self._line(bytes(self.pending)))
+            self.pending.clear()
+
+    def _pieces(self, line: bytes, out: list[bytes]) -> None:
+        while len(line) > self.bound:
+            cut = _cut(line, self.bound)
+            out.append(self._line(line[:cut]))
+            line = line[cut:]
+        out.append(self._line(line))
+
+    def _line(self, content: bytes) -> bytes:
+        return self.prefix + (escaped(content) if self.escape else content) + b"\n"
 
     def _emit(self, data: bytes) -> None:
         with self.lock:
             self.target.write(data)
             self.target.flush()
+
+
+def _cut(data: bytes | bytearray, bound: int) -> int:
+    """Where to cut ``data`` (longer than ``bound``) so that the first piece holds at most
+    ``bound`` bytes and a UTF-8 character is not split (when the bytes are UTF-8)."""
+    for cut in range(bound, max(bound - 4, 0), -1):
+        if data[cut] & 0xC0 != 0x80:  # not a continuation byte: a character starts here
+            return cut
+    return bound
+
+
+def escaped(content: bytes) -> bytes:
+    """One line of a runner's output as fan-out shows it on a terminal: control characters
+    (C0 but tab, DEL, C1, also as raw bytes) and bidi overrides escaped by
+    :func:`dapfab.errors.shown`, as in dapfab's own messages, so no runner can move the
+    cursor or forge another runner's line; every other byte unchanged."""
+    text = content.decode("utf-8", "surrogateescape")
+    return "\t".join(shown(part) for part in text.split("\t")).encode("utf-8", "surrogateescape")
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return os.isatty(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 class _Feed:
@@ -189,11 +246,13 @@ def fan_out(names: Sequence[str], work: Work, *, parallel: int = DEFAULT_PARALLE
 
 def printers(name: str, lock: threading.Lock, hide: Any = None, out_stream: IO[Any] | None = None,
              err_stream: IO[Any] | None = None) -> tuple[_LinePrinter | None, _LinePrinter | None]:
-    """The prefixed stdout and stderr of runner ``name`` (None where ``hide`` hides it)."""
+    """The prefixed stdout and stderr of runner ``name`` (None where ``hide`` hides it);
+    each escapes control characters when its stream is a terminal."""
     hide_out, hide_err = hide_flags(hide)
     prefix = f"[{name}] ".encode()
-    return (None if hide_out else _LinePrinter(prefix, out_stream or sys.stdout, lock),
-            None if hide_err else _LinePrinter(prefix, err_stream or sys.stderr, lock))
+    out, err = out_stream or sys.stdout, err_stream or sys.stderr
+    return (None if hide_out else _LinePrinter(prefix, out, lock, escape=_is_terminal(out)),
+            None if hide_err else _LinePrinter(prefix, err, lock, escape=_is_terminal(err)))
 
 
 def run_in_runners(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -28,6 +29,20 @@ PLUGINS = {
     "kubectl-sha": "#!/bin/bash\nsha256sum | cut -c1-64\n",
     "kubectl-fan_stream": "#!/bin/bash\nwhile :; do echo tick; sleep 0.5; done\n",
     "kubectl-exit_with": "#!/bin/bash\nexit \"$1\"\n",
+    "kubectl-forge": "#!/bin/bash\nprintf 'a\\tb\\033[2K\\033[G[prod-eu] forged \\302\\233 \\233 \\342\\200\\256 \\303\\251\\n'\n",
+    "kubectl-span": "#!/bin/bash\necho \"start $(date +%s.%N)\"; sleep \"$1\"; echo \"end $(date +%s.%N)\"\n",
+}
+BIG = 256 << 20
+LINE_BOUND = 1 << 20  # the longest piece of a line fan-out prints (README)
+TICKS = 40
+# The same plugin names do other things on the first runner than on the others.
+FIRST_PLUGINS = {
+    "kubectl-take": "#!/bin/bash\nhead -c 10 | wc -c\n",  # reads 10 bytes and closes stdin
+    "kubectl-flood": f"#!/bin/bash\nhead -c {BIG} /dev/zero | tr '\\0' x; echo\n",  # one line
+}
+OTHER_PLUGINS = {
+    "kubectl-take": PLUGINS["kubectl-sha"],
+    "kubectl-flood": f"#!/bin/bash\nfor ((i=0;i<{TICKS};i++)); do echo \"tick $i\"; sleep 0.1; done\n",
 }
 
 
@@ -41,11 +56,11 @@ def runners(dapfab_lab) -> dict[str, dict]:
     fleet.grow(dapfab_lab)
     dapfab_lab.reset()  # a reused lab: every VM up
     profiles = fleet.profiles(dapfab_lab)
-    for p in profiles.values():
+    for index, p in enumerate(profiles.values()):
         install_kubectl_plugins(RunnerConfig(
             ssh_host=p["ssh_host"], ssh_key=p["ssh_key"], gateway=p["gateway"], vm_name=p["vm"],
             incus=p["incus"], known_hosts=dapfab_lab.known_hosts, host_key_policy="reject",
-            persist=0), PLUGINS)
+            persist=0), {**PLUGINS, **(OTHER_PLUGINS if index else FIRST_PLUGINS)})
     return profiles
 
 
@@ -238,3 +253,137 @@ def test_config_show_and_doctor_take_a_group(project):
     assert "== runner m1-r1 ==" in first and "FAIL" not in first and "OK    curl present" in first
     assert "FAIL  VM exists and running" in novm
     assert doctor.returncode == 125  # the first failing runner's hop
+
+
+FLOOD_DEADLINE = 120  # seconds: linear printing ends in about 15 (the quadratic one in hours)
+FLOOD_RSS = 300 << 20  # bytes: dapfab itself takes about 60 MiB; the line is 256 MiB
+
+
+def test_a_256_mib_line_comes_in_pieces_while_another_runners_lines_flow(project, GOOD):
+    """The first runner prints one 256 MiB line while another prints a short line every 0.1 s:
+    the long line comes as prefixed pieces of at most 1 MiB with the other runner's lines
+    between them, every byte of it, in bounded memory and time."""
+    big, ticking = GOOD[0], GOOD[-1]
+    events: list[tuple[str, bytes | int]] = []  # ("big", piece size) or ("tick", the line)
+
+    def read(stream) -> None:
+        for line in stream:
+            if line.startswith(f"[{big}] ".encode()):
+                piece = line[len(big) + 3:-1]
+                assert line.endswith(b"\n") and piece.count(b"x") == len(piece), line[:80]
+                events.append(("big", len(piece)))
+            else:
+                events.append(("tick", line))
+
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "k8s.kubectl", "--runner", f"{big},{ticking}",
+                             "--", "flood"], cwd=project, env=env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader = threading.Thread(target=read, args=(proc.stdout,), daemon=True)
+    reader.start()
+    stderr: list[bytes] = []
+    threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True).start()
+    deadline = threading.Timer(FLOOD_DEADLINE, proc.kill)
+    deadline.start()
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)  # the rusage of this process alone
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    finally:
+        deadline.cancel()
+        if proc.returncode is None:
+            proc.kill()
+            proc.wait()
+    reader.join(30)
+    peak = f"peak RSS {usage.ru_maxrss >> 10} MiB"
+    assert proc.returncode != -signal.SIGKILL, f"did not end within {FLOOD_DEADLINE} s ({peak})"
+    assert proc.returncode == 0, stderr
+    assert usage.ru_maxrss * 1024 < FLOOD_RSS, peak
+    pieces = [size for kind, size in events if kind == "big"]
+    assert sum(pieces) == BIG and max(pieces) <= LINE_BOUND and len(pieces) >= BIG // LINE_BOUND
+    ticks = [line for kind, line in events if kind == "tick"]
+    assert ticks == [f"[{ticking}] tick {i}\n".encode() for i in range(TICKS)]
+    kinds = [kind for kind, _ in events]
+    first, last = kinds.index("big"), len(kinds) - 1 - kinds[::-1].index("big")
+    assert "tick" in kinds[first:last], "no line of the other runner came while the long one did"
+
+
+def test_one_runner_closing_its_stdin_leaves_stdin_open_for_the_others(project, GOOD):
+    """The first runner reads 10 bytes and exits; every other one still reads all of stdin."""
+    blob = os.urandom(8 << 20)
+    done = inv(project, "k8s.kubectl", "--runner", "@all", "--", "take", input=blob, stdin=None)
+    want = hashlib.sha256(blob).hexdigest()
+    assert sorted(done.stdout.decode().splitlines()) == sorted(
+        [f"[{GOOD[0]}] 10"] + [f"[{n}] {want}" for n in GOOD[1:]]), done.stderr[-2000:]
+    assert done.returncode == 0
+
+
+def spans(output: bytes) -> list[tuple[float, float]]:
+    """Each runner's ``start``/``end`` times (the span plugin's lines, the VMs' clock)."""
+    times: dict[str, dict[str, float]] = {}
+    for line in output.decode().splitlines():
+        name, word, at = line.split()
+        times.setdefault(name, {})[word] = float(at)
+    return [(t["start"], t["end"]) for t in times.values()]
+
+
+def most_at_once(intervals: list[tuple[float, float]]) -> int:
+    """The largest number of intervals that overlap."""
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = most = 0
+    for _, step in edges:  # at equal times an end (-1) sorts before a start
+        running += step
+        most = max(most, running)
+    return most
+
+
+def test_parallel_bounds_how_many_commands_run_at_once(project, GOOD):
+    """Measured in the runners: with --parallel 2 two commands run at once, never more; with
+    the default (10) every runner's command runs at the same time."""
+    two = inv(project, "k8s.kubectl", "--runner", "@all", "--parallel", "2", "--", "span", "1")
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert len(spans(two.stdout)) == len(GOOD) and most_at_once(spans(two.stdout)) == 2
+    every = inv(project, "k8s.kubectl", "--runner", "@all", "--", "span", "2")
+    assert every.returncode == 0, every.stderr[-2000:]
+    assert most_at_once(spans(every.stdout)) == len(GOOD)
+
+
+FORGED = "a\tb\x1b[2K\x1b[G[prod-eu] forged \x9b \udc9b \u202e é".encode("utf-8", "surrogateescape")
+
+
+def test_a_runner_cannot_forge_another_runners_line_on_a_terminal(project, GOOD):
+    """On a terminal, what follows the prefix shows control characters (C0 but tab, C1 as
+    UTF-8 or as a raw byte), and bidi overrides, escaped."""
+    names = [GOOD[0], GOOD[-1]]
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "k8s.kubectl", "--runner", ",".join(names),
+                             "--", "forge"], cwd=project, env=env(), stdin=subprocess.DEVNULL,
+                            stdout=slave, stderr=slave)
+    os.close(slave)
+    output = b""
+    try:
+        while chunk := _read_terminal(master):
+            output += chunk
+        assert proc.wait(60) == 0, output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    lines = output.split(b"\r\n")
+    for name in names:
+        shown = rb"\x1b[2K\x1b[G[prod-eu] forged \x9b \x9b \u202e " + "é".encode()
+        assert f"[{name}] a\tb".encode() + shown in lines, output
+    assert b"\x1b" not in output and b"\x9b" not in output and "\u202e".encode() not in output
+
+
+def _read_terminal(master: int) -> bytes:
+    """What the terminal shows next; b"" once every writer has closed it (EIO)."""
+    try:
+        return os.read(master, 65536)
+    except OSError:
+        return b""
+
+
+def test_output_that_is_not_a_terminal_keeps_every_byte(project, GOOD):
+    names = [GOOD[0], GOOD[-1]]
+    done = inv(project, "k8s.kubectl", "--runner", ",".join(names), "--", "forge")
+    assert sorted(done.stdout.split(b"\n")) == sorted([b""] + [f"[{n}] ".encode() + FORGED for n in names])

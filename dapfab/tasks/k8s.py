@@ -273,6 +273,18 @@ def response_json(response: Any) -> dict[str, Any]:
     return out
 
 
+def json_text(value: Any, indent: int | None = None) -> str:
+    """``value`` as JSON with non-ASCII text kept readable, except C1 controls and bidi
+    overrides: those become ``\\uXXXX`` escapes (the same JSON) so that a remote body cannot
+    drive the terminal (``json.dumps`` escapes C0 itself)."""
+    import json
+    import re
+
+    text = json.dumps(value, indent=indent, ensure_ascii=False)
+    return re.sub("[\x80-\x9f\u202a-\u202e\u2066-\u2069]",
+                  lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 @task(
     klass=DapTask,
     auto_shortflags=False,
@@ -306,7 +318,6 @@ def curl(
     parallel: str | None = None,
 ) -> None:
     """Run curl in the runner: body to stdout, `HTTP <status>` to stderr; exit 22 on >= 400."""
-    import json as jsonlib
     import sys
 
     from dapfab.commands import incus_command, validate_seconds, validate_url
@@ -332,7 +343,7 @@ def curl(
     response = runner_curl(config, url, **request)
     print(f"HTTP {response.status}", file=sys.stderr, flush=True)
     if json:
-        print(jsonlib.dumps(response_json(response), indent=2, ensure_ascii=False), flush=True)
+        print(json_text(response_json(response), indent=2), flush=True)
     else:
         sys.stdout.buffer.write(response.body)
         sys.stdout.buffer.flush()
@@ -344,7 +355,6 @@ def _curl_fan_out(c: Context, names: list[str], url: str, request: dict[str, Any
                   json: bool, no_fail: bool, parallel: str | None) -> None:
     """``k8s.curl`` on several runners at once: each body with its prefix (or one JSON
     object per line, ``runner`` first), ``[name] HTTP <status>`` on stderr, a summary."""
-    import json as jsonlib
     import sys
     import threading
 
@@ -363,7 +373,7 @@ def _curl_fan_out(c: Context, names: list[str], url: str, request: dict[str, Any
         assert out is not None and err is not None
         err.write(b"HTTP %d\n" % response.status)
         if json:
-            line = jsonlib.dumps({"runner": name, **response_json(response)}, ensure_ascii=False)
+            line = json_text({"runner": name, **response_json(response)})
             with lock:
                 sys.stdout.write(line + "\n")
                 sys.stdout.flush()

@@ -1,19 +1,24 @@
 """The cluster's API on the laptop for local tools, credentials kept in the runner
 (docs/design.md §14).
 
-In the VM ``kubectl proxy`` listens on a Unix socket in a private 0700 directory under the
-prefix ``/<token>/`` (``sh/api_proxy.sh``); it is restarted there, same socket and token, when
-it exits. On the laptop the bridge listens on 127.0.0.1 and ::1 and carries each connection
-to that socket (``sh/relay_unix.sh``, ``socat`` in the VM). Local tools get a kubeconfig,
-mode 0600, whose server is ``http://127.0.0.1:<port>/<token>`` and which holds no
-credentials: the runner's stay in the runner. The token keeps other local users (who can
-reach the laptop's loopback) out; it is at least 128 bits from :mod:`secrets` and is shown
+In the VM ``kubectl proxy`` listens on a Unix socket in a private 0700 directory
+(``sh/api_proxy.sh``); it is restarted there, same socket, when it exits. On the laptop the
+bridge listens on 127.0.0.1 and ::1 and carries each connection to that socket
+(``sh/relay_unix.sh``, ``socat`` in the VM) through :mod:`dapfab.gate`. Local tools get a
+kubeconfig, mode 0600, whose server is ``https://127.0.0.1:<port>`` (:mod:`dapfab.tls`:
+kubectl sends a token only over TLS) and whose user has the proxy's bearer token, never the
+runner's credentials. The token keeps other local users
+(who can reach the laptop's loopback) out: the gate checks it on every request and takes
+it out before the request leaves the laptop. It is 192 bits from :mod:`secrets`, outside
+every URL (so kubectl's discovery cache, named after the URL, never holds it), and written
 nowhere but in that file.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import logging
 import os
 import re
@@ -26,8 +31,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dapfab.commands import validate_context, validate_namespace
 from dapfab.errors import CommandError, ConfigError, DapError, DapTimeout, Interrupted
+from dapfab.keeper import place
 from dapfab.remote import protocol, scripts
+from dapfab.tls import throwaway_certificate
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
@@ -36,25 +44,28 @@ log = logging.getLogger("dapfab.apiproxy")
 
 READY_TIMEOUT = 30.0
 RELAY_REFUSED = 111
-HEADER = "# written by dapfab k8s.proxy: no credentials; deleted when the proxy ends\n"
+HEADER = ("# written by dapfab k8s.proxy: its own token, not the cluster's credentials; "
+          "deleted when the proxy ends\n")
 NAME = re.compile(r"[A-Za-z0-9._-]{1,63}")
 
 
 def new_token() -> str:
-    """A fresh prefix token: 192 bits from :mod:`secrets`, URL-safe."""
+    """A fresh bearer token: 192 bits from :mod:`secrets`, URL-safe."""
     return secrets.token_urlsafe(24)
 
 
-def proxy_command(token: str, context: str | None = None) -> str:
-    """The VM's shell code: ``kubectl proxy`` on a private Unix socket under ``/<token>/``."""
-    flags = [f"--context={context}"] if context else []
-    return scripts.program("api_proxy", token, *flags)
+def proxy_command(context: str | None = None) -> str:
+    """The VM's shell code: ``kubectl proxy`` on a private Unix socket."""
+    flags = [f"--context={validate_context(context)}"] if context else []
+    return scripts.program("api_proxy", *flags)
 
 
 def dry_command(context: str | None = None) -> str:
-    """The reference line for ``--dry``/``--echo``: the token and directory as placeholders."""
-    extra = f" --context={context}" if context else ""
-    return (f"kubectl proxy --unix-socket=<private dir>/api.sock --api-prefix=/<token>/ "
+    """The reference line for ``--dry``/``--echo``: the private directory as a placeholder."""
+    from dapfab.quoting import quote
+
+    extra = f" {quote('--context=' + validate_context(context))}" if context else ""
+    return ("kubectl proxy --unix-socket=<private dir>/api.sock --api-prefix=/ "
             f"--reject-paths='^$' --accept-hosts='^localhost$,^127\\.0\\.0\\.1$,^::1$'{extra}")
 
 
@@ -63,53 +74,88 @@ def relay_command(socket_path: str) -> str:
     return scripts.program("relay_unix", socket_path, RELAY_REFUSED)
 
 
-def kubeconfig_text(name: str, server: str, namespace: str | None = None) -> str:
-    """A kubeconfig with one cluster, context and user called ``name`` and no credentials."""
-    lines = [HEADER, "apiVersion: v1\nkind: Config\n",
-             f"clusters:\n- name: {name}\n  cluster:\n    server: {server}\n",
-             f"users:\n- name: {name}\n  user: {{}}\n",
-             f"contexts:\n- name: {name}\n  context:\n    cluster: {name}\n    user: {name}\n"]
-    if namespace:
-        lines.append(f"    namespace: {namespace}\n")
-    lines.append(f"current-context: {name}\npreferences: {{}}\n")
-    return "".join(lines)
+def kubeconfig_text(name: str, server: str, token: str, namespace: str | None = None,
+                    ca: bytes | None = None) -> str:
+    """A kubeconfig with one cluster, context and user called ``name``, the user holding
+    the proxy's bearer ``token`` and the cluster trusting ``ca`` (PEM): JSON (which YAML
+    readers read) after the header line, made by a serializer so that no value can add an
+    entry of its own."""
+    context = {"cluster": name, "user": name}
+    if namespace is not None:
+        context["namespace"] = validate_namespace(namespace)
+    cluster = {"server": server}
+    if ca is not None:
+        cluster["certificate-authority-data"] = base64.b64encode(ca).decode("ascii")
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": name, "cluster": cluster}],
+        "users": [{"name": name, "user": {"token": token}}],
+        "contexts": [{"name": name, "context": context}],
+        "current-context": name,
+        "preferences": {},
+    }
+    return HEADER + json.dumps(config, indent=2) + "\n"
 
 
-def default_kubeconfig(name: str) -> Path:
-    """Per process, in the user's private runtime (or cache) directory: two proxies never
-    share one file."""
-    from dapfab.keeper import place
+def default_kubeconfig_name(name: str) -> str:
+    """Per process: two proxies never share one file."""
+    return f"proxy-{os.getpid()}-{name}.kubeconfig"
 
-    return place.directory() / f"proxy-{os.getpid()}-{name}.kubeconfig"
+
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 
 class KubeconfigFile:
-    """The kubeconfig dapfab writes: created 0600 (never through a symlink), and removed at
-    the end only if it is still the file written, unchanged."""
+    """The kubeconfig dapfab writes: created 0600 by ``O_EXCL|O_NOFOLLOW`` relative to its
+    directory, held by descriptor from :meth:`prepare` to :meth:`remove`; removed at the end
+    only if it is still the file written, unchanged. Without ``path``, it is ``name`` in the
+    user's private dapfab directory (:func:`dapfab.keeper.place.open_directory`)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | None = None, *, name: str = "") -> None:
         self.path = path
+        self._name = name
+        self._dir: int | None = None
         self._stamp: tuple[int, int, str] | None = None
+
+    def prepare(self) -> Path:
+        """Open (and check) the directory; ConfigError (exit 2) if it cannot be used."""
+        if self._dir is None:
+            if self.path is None:
+                directory, self._dir = place.open_directory()
+                self.path = directory / self._name
+            else:
+                flags = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
+                try:
+                    self._dir = os.open(self.path.parent, flags)
+                except OSError as exc:
+                    raise ConfigError(f"cannot open the directory of {self.path} ({exc.strerror})",
+                                      hop="laptop", hint="give --kubeconfig a path in an existing "
+                                      "directory") from None
+        assert self.path is not None
+        return self.path
 
     def write(self, text: str) -> None:
         """Create the file; an existing one is replaced only if dapfab wrote it."""
+        path = self.prepare()
         data = text.encode()
-        try:
-            info = os.lstat(self.path)
-        except FileNotFoundError:
-            info = None
-        if info is not None:
-            if not self._ours(info):
-                raise ConfigError(
-                    f"refusing to overwrite {self.path}: dapfab did not write it",
-                    hop="laptop", hint="give --kubeconfig a path that does not exist")
-            os.unlink(self.path)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-        try:
-            fd = os.open(self.path, flags, 0o600)
-        except OSError as exc:
-            raise ConfigError(f"cannot create {self.path} ({exc.strerror})", hop="laptop",
-                              hint="give --kubeconfig a writable path that does not exist") from None
+        for _ in range(3):
+            try:
+                fd = os.open(path.name, flags, 0o600, dir_fd=self._dir)
+                break
+            except FileExistsError:
+                if not self._ours(path.name):
+                    raise ConfigError(
+                        f"refusing to overwrite {path}: dapfab did not write it",
+                        hop="laptop", hint="give --kubeconfig a path that does not exist") from None
+                os.unlink(path.name, dir_fd=self._dir)
+            except OSError as exc:
+                raise ConfigError(f"cannot create {path} ({exc.strerror})", hop="laptop",
+                                  hint="give --kubeconfig a writable path that does not exist") from None
+        else:
+            raise ConfigError(f"cannot create {path}: a file keeps appearing there", hop="laptop",
+                              hint="give --kubeconfig a path in a directory only you can write")
         try:
             os.fchmod(fd, 0o600)
             os.write(fd, data)
@@ -118,30 +164,47 @@ class KubeconfigFile:
             os.close(fd)
         self._stamp = (info.st_dev, info.st_ino, hashlib.sha256(data).hexdigest())
 
-    def _ours(self, info: os.stat_result) -> bool:
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
-            return False
+    def _read(self, name: str) -> tuple[os.stat_result, bytes] | None:
+        """The regular file ``name`` of this user (never through a symlink) and its bytes."""
         try:
-            with open(self.path, "rb") as handle:
-                return handle.read(len(HEADER)) == HEADER.encode()
+            fd = os.open(name, _READ_FLAGS, dir_fd=self._dir)
         except OSError:
-            return False
+            return None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+                return None
+            with os.fdopen(os.dup(fd), "rb") as handle:
+                return info, handle.read()
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def _ours(self, name: str) -> bool:
+        found = self._read(name)
+        return found is not None and found[1].startswith(HEADER.encode())
 
     def remove(self) -> None:
-        """Delete the file if it is the one written and unchanged (idempotent)."""
+        """Delete the file if it is the one written and unchanged; let the directory go
+        (idempotent)."""
         stamp, self._stamp = self._stamp, None
-        if stamp is None:
+        if self._dir is None:
             return
         try:
-            info = os.lstat(self.path)
-            with open(self.path, "rb") as handle:
-                digest = hashlib.sha256(handle.read()).hexdigest()
-        except OSError:
-            return
-        if (info.st_dev, info.st_ino, digest) == stamp:
-            os.unlink(self.path)
-        else:
-            log.warning("left %s in place: it changed after dapfab wrote it", self.path)
+            if stamp is None or self.path is None:
+                return
+            found = self._read(self.path.name)
+            if found is None:
+                return
+            info, data = found
+            if (info.st_dev, info.st_ino, hashlib.sha256(data).hexdigest()) == stamp:
+                os.unlink(self.path.name, dir_fd=self._dir)
+            else:
+                log.warning("left %s in place: it changed after dapfab wrote it", self.path)
+        finally:
+            os.close(self._dir)
+            self._dir = None
 
 
 class ApiProxy:
@@ -170,14 +233,16 @@ class ApiProxy:
         if not NAME.fullmatch(self.name):
             raise ConfigError(f"cannot name a kubeconfig entry {self.name!r}",
                               hint="use letters, digits, '.', '_' or '-'")
-        self.namespace = namespace
-        self.context = context
+        self.namespace = None if namespace is None else validate_namespace(namespace)
+        self.context = None if context is None else validate_context(context)
         self.ready_timeout = ready_timeout
         self.token = new_token()
+        self.ca, tls = throwaway_certificate()
         self._on_event = on_event or (lambda message: log.info("%s", message))
         self.kubeconfig = KubeconfigFile(
-            Path(kubeconfig) if kubeconfig is not None else default_kubeconfig(self.name))
-        self.bridge = LaptopBridge(config, laptop_port=laptop_port, on_event=self.event)
+            None if kubeconfig is None else Path(kubeconfig), name=default_kubeconfig_name(self.name))
+        self.bridge = LaptopBridge(config, laptop_port=laptop_port, on_event=self.event,
+                                   token=self.token, tls=tls)
         self.socket_path: str | None = None
         self.restarts = 0
         self.closed = threading.Event()
@@ -195,8 +260,8 @@ class ApiProxy:
 
     @property
     def url(self) -> str:
-        """The laptop URL without the token (for display)."""
-        return f"http://127.0.0.1:{self.bridge.laptop_port}"
+        """The laptop URL (the kubeconfig's server)."""
+        return f"https://127.0.0.1:{self.bridge.laptop_port}"
 
     def _stdout(self, data: bytes) -> None:
         """Only the script's socket markers come on stdout (kubectl's goes to /dev/null)."""
@@ -225,8 +290,9 @@ class ApiProxy:
         """Bind the laptop port, start kubectl proxy, write the kubeconfig; its path."""
         from dapfab.execution import RemoteProcess
 
-        self.bridge.bind()  # a laptop port in use fails here, before anything is sent
-        process = RemoteProcess(self.config, proxy_command(self.token, self.context),
+        self.kubeconfig.prepare()  # as a port in use, a directory that cannot be used fails
+        self.bridge.bind()  # here, before anything is sent
+        process = RemoteProcess(self.config, proxy_command(self.context),
                                 on_stdout=self._stdout, on_stderr=self._stderr_in,
                                 in_stream=None)
         self._process = process
@@ -244,9 +310,9 @@ class ApiProxy:
         assert self.socket_path is not None
         self.bridge.relay = relay_command(self.socket_path)
         self.bridge.start()
-        server = f"{self.url}/{self.token}"
-        self.kubeconfig.write(kubeconfig_text(self.name, server, self.namespace))
-        return self.kubeconfig.path
+        self.kubeconfig.write(kubeconfig_text(self.name, self.url, self.token, self.namespace,
+                                             self.ca))
+        return self.kubeconfig.prepare()
 
     def _detail(self) -> str:
         lines = self.redact(bytes(self._stderr).decode("utf-8", "replace")).strip().splitlines()

@@ -21,6 +21,11 @@ last byte. When the laptop client ends its sending side, the relay stops sending
 cannot half-close a socket, so the runner side sees the end only when the connection closes.
 A laptop client that closed only its sending side still gets the answer; the relay is ended
 once the answer stops for :data:`HALF_CLOSED_IDLE` seconds or the client is gone.
+
+For ``k8s.proxy`` the bridge is given the proxy's token: each connection then passes
+:mod:`dapfab.gate` first (bearer token and loopback ``Host`` checked on the laptop, the
+token taken out of every request), and a relay starts in the VM only for a connection
+whose first request passed.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import errno
 import logging
 import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -37,7 +43,9 @@ from typing import TYPE_CHECKING, Any
 from dapfab import compat
 from dapfab.commands import validate_port
 from dapfab.errors import ConfigError
+from dapfab.gate import Refused, RequestGate
 from dapfab.remote import scripts
+from dapfab.tls import TlsConnection
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
@@ -47,6 +55,7 @@ log = logging.getLogger("dapfab.bridge")
 FRAME = 1 << 20  # the launcher's largest stdin frame
 SOCKET_BUFFER = 4 << 20
 HALF_CLOSED_IDLE = 30.0
+FIRST_REQUEST_TIMEOUT = 30.0  # a gated connection that sends no whole request head is closed
 
 
 RELAY_REFUSED = 111  # nothing listens on the runner port
@@ -64,12 +73,32 @@ def relay_command(port: int, listener: int | None = None) -> str:
 
 
 class _SocketReader:
-    """``read1`` over the laptop socket for the launcher's stdin pump, in large frames."""
+    """``read1`` over the laptop socket for the launcher's stdin pump, in large frames;
+    with a gate, what the gate passes (``first``: the checked first request)."""
 
-    def __init__(self, conn: BridgedConnection) -> None:
+    def __init__(self, conn: BridgedConnection, gate: RequestGate | None = None,
+                 first: bytes = b"") -> None:
         self.conn = conn
+        self.gate = gate
+        self.first = first
 
     def read1(self, size: int) -> bytes:
+        if self.first:
+            first, self.first = self.first, b""
+            return first
+        while True:
+            data = self._read(size)
+            if not data or self.gate is None:
+                return data
+            try:
+                data = self.gate.feed(data)
+            except Refused as refused:
+                self.conn.fail(f"refused a request on an open connection: {refused.reason}")
+                return b""
+            if data:
+                return data
+
+    def _read(self, size: int) -> bytes:
         conn = self.conn
         sock = conn.sock
         try:
@@ -103,7 +132,7 @@ class BridgedConnection:
 
     def __init__(self, bridge: LaptopBridge, sock: socket.socket, listener: int | None) -> None:
         self.bridge = bridge
-        self.sock = sock
+        self.sock: Any = sock  # a socket, or a TlsConnection over it once admitted
         self.listener = listener
         self.client_eof: float | None = None
         self.last_activity = time.monotonic()
@@ -131,18 +160,69 @@ class BridgedConnection:
     def _err(self, data: bytes) -> None:
         self.relay_stderr += data[-4096:]
 
+    def _first_request(self, gate: RequestGate) -> bytes | None:
+        """TLS (with a ``tls`` context), then read until the gate passes the first request;
+        None (the connection answered, if refused, and to be closed) when it refuses it, the
+        handshake fails or the client sends nothing in time."""
+        self.sock.settimeout(FIRST_REQUEST_TIMEOUT)
+        try:
+            if self.bridge.tls is not None:
+                tls = TlsConnection(self.bridge.tls, self.sock)
+                if not tls.speaks_tls():
+                    self.sock.sendall(Refused(400, "this port speaks TLS (https)").response())
+                    self._drain()
+                    return None
+                tls.handshake()
+                self.sock = tls
+            while True:
+                data = self.sock.recv(FRAME)
+                if not data:
+                    return None
+                self.bridge.count(up=len(data))
+                try:
+                    passed = gate.feed(data)
+                except Refused as refused:
+                    self.bridge.on_event(f"refused a laptop request ({refused.status}): "
+                                         f"{refused.reason}")
+                    self.sock.sendall(refused.response())
+                    self._drain()
+                    return None
+                if passed:
+                    return passed
+        except OSError:  # a timeout, or a client that left
+            return None
+        finally:
+            self.sock.settimeout(None)
+
+    def _drain(self) -> None:
+        """End the sending side and read what the refused client still sends (briefly):
+        closing with unread bytes would reset the connection before it read the answer."""
+        self.sock.shutdown(socket.SHUT_WR)
+        self.sock.settimeout(2.0)
+        for _ in range(64):
+            if not self.sock.recv(FRAME):
+                return
+
     def run(self) -> None:
         """Carry the connection until either side ends, then stop the relay and close."""
         from dapfab.errors import DapError
         from dapfab.execution import RemoteProcess
 
         bridge = self.bridge
+        reader = _SocketReader(self)
+        if bridge.token is not None:
+            gate = RequestGate(bridge.token)
+            first = self._first_request(gate)
+            if first is None:  # nothing was started in the VM for it
+                self._closed()
+                return
+            reader = _SocketReader(self, gate, first)
         process = RemoteProcess(
             bridge.config,
             bridge.relay or relay_command(bridge.runner_port or 0, self.listener),
             on_stdout=self._down,
             on_stderr=self._err,
-            in_stream=_SocketReader(self),
+            in_stream=reader,
         )
         try:
             process.start()
@@ -175,14 +255,17 @@ class BridgedConnection:
         finally:
             process.close()
             bridge._untrack(process)
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self.sock.close()
-            if self.reason:
-                log.debug("bridged connection ended: %s", self.reason)
-            bridge._connection_done(self)
+            self._closed()
+
+    def _closed(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        if self.reason:
+            log.debug("bridged connection ended: %s", self.reason)
+        self.bridge._connection_done(self)
 
 
 class LaptopBridge:
@@ -195,6 +278,10 @@ class LaptopBridge:
     the forward's listening socket, or None while it is down (see the module docs); without
     it, connections are relayed to whatever listens on the runner port. ``relay`` (VM shell
     code) replaces the relay to the runner port, e.g. one to a Unix socket (k8s.proxy).
+    With ``token`` every connection is read as HTTP (over TLS with the server context
+    ``tls``: :mod:`dapfab.tls`) through a :class:`~dapfab.gate.RequestGate`: nothing starts in the VM before its first request
+    passed (bearer ``token``, a loopback ``Host``), and each request goes on without its
+    ``Authorization`` line.
     """
 
     def __init__(
@@ -206,8 +293,12 @@ class LaptopBridge:
         on_event: Callable[[str], None] | None = None,
         listener: Callable[[], int | None] | None = None,
         relay: str | None = None,
+        token: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.config = config
+        self.token = token
+        self.tls = tls
         self.listener = listener
         self.relay = relay
         self.runner_port = None if runner_port is None else validate_port(runner_port, what="runner port")

@@ -24,7 +24,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from dapfab.commands import kubectl_command, validate_port, validate_seconds
+from dapfab.commands import (
+    kubectl_command,
+    validate_context,
+    validate_namespace,
+    validate_port,
+    validate_seconds,
+)
 from dapfab.errors import CommandError, ConfigError, DapError, DapTimeout, Interrupted
 from dapfab.remote import protocol, scripts
 
@@ -173,8 +179,8 @@ class Forward:
         self.target = validate_target(target)
         self.remote_port = validate_port(remote_port, what="remote port")
         self.local_port = validate_port(local_port, allow_zero=True, what="runner port")
-        self.namespace = namespace
-        self.context = context
+        self.namespace = None if namespace is None else validate_namespace(namespace)
+        self.context = None if context is None else validate_context(context)
         self.ready_timeout = validate_seconds(ready_timeout, what="ready_timeout")
         self.reconnect = reconnect
         self.on_event = on_event or (lambda message: log.info("%s", message))

@@ -410,14 +410,16 @@ def proxy(
     """Serve the cluster's API on the laptop for local tools until Ctrl-C: inv k8s.proxy
 
     Prints `Proxying <runner> API on http://127.0.0.1:<port> (kubeconfig <path>)` and an
-    `export KUBECONFIG=<path>` line; the kubeconfig holds no credentials and is deleted
-    when the proxy ends.
+    `export KUBECONFIG=<path>` line; the kubeconfig holds the proxy's own token, never the
+    runner's credentials, and is deleted when the proxy ends.
     """
     from dapfab.apiproxy import dry_command
-    from dapfab.commands import incus_command, validate_port
+    from dapfab.commands import incus_command, validate_namespace, validate_port
 
     wanted = validate_port(laptop_port if laptop_port is not None else 0, allow_zero=True,
                            what="--laptop-port")
+    if namespace is not None:
+        validate_namespace(namespace)  # as k8s.kubectl -n: exit 2 before anything is sent
     name = single_runner(resolve_runners(c, runner), "a proxy")
     call = resolve_call(c, name, None, context)
     if announce(c, incus_command(call.config, dry_command(call.context))):

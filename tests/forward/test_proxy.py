@@ -7,23 +7,28 @@ directory; the runner's credentials never leave the runner.
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import os
 import re
+import shutil
 import signal
+import ssl
 import stat
 import subprocess
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dapfab.testing.waiting import wait_until
 
 pytestmark = pytest.mark.lab
 
-PROXYING = re.compile(r"Proxying (\S+) API on http://127\.0\.0\.1:(\d+) \(kubeconfig (.+)\)$")
+PROXYING = re.compile(r"Proxying (\S+) API on https://127\.0\.0\.1:(\d+) \(kubeconfig (.+)\)$")
 KUBECTL_132 = "/usr/lib/google-cloud-sdk/bin/kubectl.1.32"
 KUBECTL = KUBECTL_132 if os.path.exists(KUBECTL_132) else "kubectl"
 CONFIGMAP = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-the-laptop\ndata:\n  a: b\n"
@@ -39,8 +44,10 @@ class Proxy:
         assert match, first
         self.name, self.port, self.kubeconfig = match[1], int(match[2]), Path(match[3])
         assert child.line().rstrip("\n") == f"export KUBECONFIG={self.kubeconfig}"
-        server = re.search(r"server: (\S+)", self.kubeconfig.read_text())[1]
-        self.token = server.rsplit("/", 1)[1]
+        self.config = yaml.safe_load(self.kubeconfig.read_text())
+        self.token = self.config["users"][0]["user"]["token"]
+        ca = self.config["clusters"][0]["cluster"]["certificate-authority-data"]
+        self.tls = ssl.create_default_context(cadata=base64.b64decode(ca).decode())
         self.env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "HOME": str(tmp)}
 
     def kubectl(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -48,13 +55,23 @@ class Proxy:
         kwargs.setdefault("timeout", 60)
         return subprocess.run([KUBECTL, *args], env=self.env, **kwargs)
 
-    def get(self, path: str) -> int:
-        """The HTTP status of GET http://127.0.0.1:<port><path>."""
+    def get(self, path: str, token: str | None = None, host: str | None = None) -> int:
+        """The HTTP status of GET http://127.0.0.1:<port><path> (with ``token`` as bearer,
+        ``host`` as the Host header)."""
+        return self.answer(path, token, host)[0]
+
+    def answer(self, path: str, token: str | None = None, host: str | None = None,
+               address: str = "127.0.0.1") -> tuple[int, bytes]:
+        """Status and body of that GET (over TLS, trusting the kubeconfig's CA)."""
+        headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        if host is not None:
+            headers["Host"] = host
+        ask = urllib.request.Request(f"https://{address}:{self.port}{path}", headers=headers)
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as answer:
-                return answer.status
+            with urllib.request.urlopen(ask, timeout=30, context=self.tls) as answer:
+                return answer.status, answer.read()
         except urllib.error.HTTPError as err:
-            return err.code
+            return err.code, err.read()
 
 
 @pytest.fixture
@@ -165,11 +182,46 @@ def test_fifty_concurrent_local_kubectl_calls_all_succeed(proxy):
     assert failed == []
 
 
-def test_a_missing_or_wrong_token_is_refused(proxy):
-    assert proxy.get(f"/{proxy.token}/api/v1/namespaces/default/pods") == 200
-    assert proxy.get("/api/v1/namespaces/default/pods") == 404
-    assert proxy.get(f"/{proxy.token[:-1]}x/api/v1/namespaces/default/pods") == 404
-    assert proxy.get("/") == 404
+def test_a_missing_or_wrong_token_is_refused_on_the_laptop(proxy, lab):
+    pods = "/api/v1/namespaces/default/pods"
+    assert proxy.get(pods, token=proxy.token) == 200
+    for token in (None, proxy.token[:-1] + "x", ""):
+        status, body = proxy.answer(pods, token=token)
+        assert (status, body[:17]) == (401, b"dapfab k8s.proxy:"), body
+    assert proxy.get(f"/{proxy.token}{pods}") == 401  # a token in the path is no way in
+    log = (lab.state_dir / "cluster" / "requests.log").read_text().splitlines()
+    assert all('"token": "valid"' in line for line in log[-20:] if '"path"' in line), log[-20:]
+
+
+def test_a_plain_http_client_is_told_the_port_speaks_tls(proxy):
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"http://127.0.0.1:{proxy.port}/api", timeout=30)
+    assert refused.value.code == 400
+    assert refused.value.read() == b"dapfab k8s.proxy: this port speaks TLS (https)\n"
+
+
+def test_a_foreign_host_is_refused_on_the_laptop_even_with_the_token(proxy):
+    """DNS rebinding: a browser led to the laptop port sends its own name as Host."""
+    pods = "/api/v1/namespaces/default/pods"
+    assert proxy.get(pods, token=proxy.token, host=f"localhost:{proxy.port}") == 200
+    for host in (f"evil.example:{proxy.port}", "127.0.0.1.evil", f"xlocalhost:{proxy.port}"):
+        status, body = proxy.answer(pods, token=proxy.token, host=host)
+        assert (status, body[:17]) == (403, b"dapfab k8s.proxy:"), (host, body)
+
+
+def test_the_runners_kubectl_proxy_refuses_a_foreign_host_too(proxy, lab):
+    """Its --accept-hosts patterns are anchored: ``127.0.0.1.evil`` is not ``127.0.0.1``."""
+    sock = runner_socket(lab)
+
+    def status(host: str) -> str:
+        done = lab.run("runner", ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                                  "--unix-socket", sock, "-H", f"Host: {host}",
+                                  "http://localhost/api"])
+        return done.stdout
+
+    assert [status(h) for h in ("localhost", "127.0.0.1:8001", "[::1]:8001")] == ["200"] * 3
+    foreign = ("127.0.0.1.evil", "xlocalhost", "localhost.evil", "x127.0.0.1", "evil.example")
+    assert [status(h) for h in foreign] == ["403"] * len(foreign)
 
 
 def test_a_client_whose_localhost_is_ipv6_gets_in_too(proxy):
@@ -177,22 +229,20 @@ def test_a_client_whose_localhost_is_ipv6_gets_in_too(proxy):
 
     if not _has_ipv6_loopback():
         pytest.skip("this machine has no IPv6 loopback")
-    url = f"http://[::1]:{proxy.port}/{proxy.token}/api/v1/namespaces/default/pods"
-    with urllib.request.urlopen(url, timeout=30) as answer:  # Host: [::1]:PORT
-        assert answer.status == 200
+    assert proxy.answer("/api/v1/namespaces/default/pods", proxy.token, address="[::1]")[0] == 200
 
 
-def test_the_kubeconfig_is_private_named_after_the_runner_and_has_no_credentials(proxy, lab):
-    import yaml
-
+def test_the_kubeconfig_is_private_named_after_the_runner_and_has_only_the_proxys_token(proxy, lab):
     info = proxy.kubeconfig.stat()
     assert stat.S_IMODE(info.st_mode) == 0o600 and info.st_uid == os.getuid()
     config = yaml.safe_load(proxy.kubeconfig.read_text())
     assert proxy.name == lab.vm_name
     assert config["current-context"] == lab.vm_name
-    assert config["clusters"] == [{"name": lab.vm_name, "cluster": {
-        "server": f"http://127.0.0.1:{proxy.port}/{proxy.token}"}}]
-    assert config["users"] == [{"name": lab.vm_name, "user": {}}]
+    [cluster] = config["clusters"]
+    assert cluster["name"] == lab.vm_name
+    assert cluster["cluster"]["server"] == f"https://127.0.0.1:{proxy.port}"
+    assert b"BEGIN CERTIFICATE" in base64.b64decode(cluster["cluster"]["certificate-authority-data"])
+    assert config["users"] == [{"name": lab.vm_name, "user": {"token": proxy.token}}]
     assert config["contexts"][0]["context"]["namespace"] == "default"
     assert len(proxy.token) >= 22  # at least 128 bits, URL-safe base64
 
@@ -240,7 +290,7 @@ def test_another_vm_user_cannot_reach_the_proxy_and_nothing_listens_on_tcp(proxy
     done = lab.run("runner", ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                               "socat", "-u", "OPEN:/dev/null", f"UNIX-CONNECT:{sock}"])
     assert done.returncode != 0 and "Permission denied" in done.stderr, done
-    as_root = lab.run("runner", ["curl", "-sS", "--unix-socket", sock, f"http://localhost/{proxy.token}/api"])
+    as_root = lab.run("runner", ["curl", "-sS", "--unix-socket", sock, "http://localhost/api"])
     assert '"versions"' in as_root.stdout, as_root
     tables = lab.run("runner", "cat /proc/net/tcp /proc/net/tcp6", check=True).stdout.splitlines()
     assert [row for row in tables if row.split()[3:4] == ["0A"]] == []  # no TCP listener
@@ -305,12 +355,12 @@ def test_the_token_shows_nowhere_but_in_the_kubeconfig(lab, inv, clean, tmp_path
     child = inv("--debug", "--echo", "k8s.proxy")
     running = Proxy(child, tmp_path)
     assert running.kubectl("get", "pods").returncode == 0
-    assert running.get("/wrong/api") == 404
+    assert running.get("/api", token="wrong") == 401
     child.proc.send_signal(signal.SIGINT)
     rc, err = child.finish()
     out = child.out
     assert rc == 130 and running.token not in out + err
-    assert "--api-prefix=/<token>/" in out + err  # what --echo showed
+    assert "--api-prefix=/ " in out + err  # what --echo showed
 
 
 def test_kubeconfig_onto_a_file_dapfab_did_not_write_is_refused(lab, inv, clean, tmp_path):
@@ -367,5 +417,93 @@ def test_the_dry_line_names_no_token(lab, inv):
     child = inv("--dry", "k8s.proxy")
     rc, err = child.finish()
     out = child.out
-    assert rc == 0 and "kubectl proxy --unix-socket=<private dir>/api.sock --api-prefix=/<token>/" in out
+    assert rc == 0 and "kubectl proxy --unix-socket=<private dir>/api.sock --api-prefix=/ " in out
 
+
+
+def test_a_namespace_cannot_add_an_exec_plugin_that_the_local_kubectl_runs(lab, inv, clean, tmp_path):
+    """``-n`` is checked as ``k8s.kubectl -n`` is (exit 2 before anything is sent): pasted
+    into the kubeconfig, this one adds a cluster and a user whose exec plugin kubectl runs."""
+    marker = tmp_path / "plugin-ran"
+    kubeconfig = tmp_path / "kubeconfig"
+    name = lab.vm_name
+    evil = (f"default\nclusters:\n- name: {name}\n  cluster:\n    server: https://127.0.0.1:9\n"
+            f"    insecure-skip-tls-verify: true\nusers:\n- name: {name}\n  user:\n    exec:\n"
+            f"      apiVersion: client.authentication.k8s.io/v1\n      command: touch\n"
+            f"      args: [{marker}]\n      interactiveMode: Never\n")
+    child = inv("k8s.proxy", "--kubeconfig", str(kubeconfig), "-n", evil)
+    if child.line().startswith("Proxying"):  # it ran: what the operator's kubectl then does
+        subprocess.run([KUBECTL, "get", "pods"], env={**os.environ, "KUBECONFIG": str(kubeconfig),
+                       "HOME": str(tmp_path)}, capture_output=True, timeout=60)
+    assert not marker.exists(), "the local kubectl ran an exec plugin the namespace added"
+    rc, err = child.finish()
+    assert rc == 2 and "invalid namespace" in err and len(err.splitlines()) == 1, err
+    assert not kubeconfig.exists()
+    clean(2.0)
+
+
+def _files_naming_or_holding(secret: bytes, roots: list[Path], skip: Path) -> list[str]:
+    """Every file or directory under ``roots`` whose path or (regular file) content has
+    ``secret``, but ``skip``."""
+    found = []
+    for root in roots:
+        for top, dirs, files in os.walk(root):
+            for name in dirs + files:
+                path = Path(top) / name
+                if path == skip:
+                    continue
+                if secret in os.fsencode(path):
+                    found.append(str(path))
+                elif name in files and path.is_file() and not path.is_symlink():
+                    try:
+                        if path.stat().st_size < 16 << 20 and secret in path.read_bytes():
+                            found.append(str(path))
+                    except OSError:
+                        pass
+    return found
+
+
+def test_the_token_reaches_no_file_but_the_kubeconfig_and_never_the_vm(lab, inv, clean, tmp_path):
+    """kubectl names its discovery cache after the server URL: the token is not in it."""
+    places = {var: tmp_path / var.lower() for var in (
+        "HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "TMPDIR")}
+    for place in places.values():
+        place.mkdir()
+    running = Proxy(inv("k8s.proxy", "-n", "default"), tmp_path)
+    env = {**running.env, **{var: str(place) for var, place in places.items()}}
+    for args in (["get", "pods"], ["api-resources"], ["logs", "web"], ["get", "--raw", "/openapi/v2"]):
+        done = subprocess.run([KUBECTL, *args], env=env, capture_output=True, timeout=60)
+        assert done.returncode == 0 or args[1] == "--raw", (args, done.stderr)
+    assert (places["HOME"] / ".kube" / "cache" / "discovery" / f"127.0.0.1_{running.port}").is_dir()
+    token = running.token.encode()
+    roots = [tmp_path, Path("/tmp"), lab.runtime_dir(), lab.state_dir]
+    assert _files_naming_or_holding(token, roots, running.kubeconfig) == []
+    in_the_vm = [t for t in _process_texts(lab, "mgmt") if token in t]
+    in_the_vm += [a for _, a in lab.processes("runner", nested=True) if token in " ".join(a).encode()]
+    assert in_the_vm == []
+
+
+def test_a_runtime_directory_another_user_can_write_is_not_used(lab, inv, clean, tmp_path, monkeypatch):
+    """XDG_RUNTIME_DIR in a shared place (a CI runner's /tmp/...): another user could move
+    ``dapfab`` away and plant a kubeconfig at the path the proxy printed."""
+    shared = Path(tempfile.mkdtemp(prefix="dapfab-xdg-", dir="/tmp"))
+    try:
+        os.chmod(shared, 0o777)
+        home = tmp_path / "home"
+        home.mkdir(mode=0o700)
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(shared))
+        monkeypatch.setenv("HOME", str(home))
+        monkeypatch.setenv("DAP_SSH_PERSIST", "0")
+        running = Proxy(inv("k8s.proxy"), tmp_path)
+        planted = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c",
+             'mv "$1" "$1.gone" && mkdir "$1" && echo planted > "$2"', "sh",
+             str(running.kubeconfig.parent), str(running.kubeconfig)],
+            capture_output=True, text=True)
+        assert "planted" not in running.kubeconfig.read_text(), planted
+        assert running.kubeconfig.parent == home / ".cache" / "dapfab", running.kubeconfig
+        assert running.kubectl("get", "pods", "-o", "name").stdout == b"pod/web\n"
+        running.child.proc.send_signal(signal.SIGINT)
+        assert running.child.finish()[0] == 130 and not running.kubeconfig.exists()
+    finally:
+        shutil.rmtree(shared)

@@ -73,6 +73,25 @@ def test_invalid_namespace_is_refused(cli, nothing_sent, namespace):
                    "invalid namespace")
 
 
+# Every task that takes -n or --context refuses what k8s.kubectl refuses (one check each).
+NAMESPACE_TASKS = {"proxy": ("k8s.proxy",), "forward": ("k8s.forward", "pod/web", "8080"),
+                   "kubectl": ("k8s.kubectl", "--", "get", "pods")}
+
+
+@pytest.mark.parametrize("task", NAMESPACE_TASKS)
+@pytest.mark.parametrize("namespace", ["default\nusers: []", "A", ""])
+def test_every_task_refuses_an_invalid_namespace(cli, nothing_sent, task, namespace):
+    name, *rest = NAMESPACE_TASKS[task]
+    assert_refused(cli(name, "-n", namespace, *rest), "invalid namespace")
+
+
+@pytest.mark.parametrize("task", NAMESPACE_TASKS)
+@pytest.mark.parametrize("context", ["a\nb", "-x", ""])
+def test_every_task_refuses_an_invalid_context(cli, nothing_sent, task, context):
+    name, *rest = NAMESPACE_TASKS[task]
+    assert_refused(cli(name, f"--context={context}", *rest), "invalid kubectl context")
+
+
 @pytest.mark.parametrize("value", ["-n", "--runner"])
 def test_a_value_that_is_one_of_the_tasks_own_flags_is_invokes_parser_error(cli, nothing_sent, value):
     """Invoke splits ``--flag=VALUE`` and then parses VALUE as a token: when it is one of the

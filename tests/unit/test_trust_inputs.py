@@ -87,3 +87,12 @@ def test_new_known_hosts_directories_are_private(tmp_path):
     assert oct(os.stat(tmp_path / "new").st_mode & 0o777) == "0o700"
     assert oct(os.stat(tmp_path / "new" / "ssh").st_mode & 0o777) == "0o700"
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize("option,value", [("namespace", "default\nusers: []"), ("namespace", "A"),
+                                          ("context", "-x"), ("context", "a\nb")])
+def test_python_callers_namespaces_and_contexts_are_checked_as_the_tasks_check_them(option, value):
+    from dapfab.forward import Forward
+
+    with pytest.raises(ConfigError, match=f"invalid (kubectl )?{option}"):
+        Forward(RunnerConfig(ssh_host="a@b", vm_name="v"), "pod/web", 80, **{option: value})

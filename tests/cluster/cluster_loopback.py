@@ -53,10 +53,13 @@ class LoopbackCluster:
                               env=self.env(), timeout=timeout)
 
     @contextlib.contextmanager
-    def port_forward(self, *args: str) -> Iterator[tuple[subprocess.Popen[str], list[int], list[str]]]:
-        """Run ``kubectl port-forward ARGS``; yield it, its local ports and its output lines."""
+    def port_forward(self, *args: str, websocket: bool = True
+                     ) -> Iterator[tuple[subprocess.Popen[str], list[int], list[str]]]:
+        """Run ``kubectl port-forward ARGS`` (over a WebSocket, kubectl's default since 1.31,
+        or SPDY/3.1); yield it, its local ports and its output lines."""
+        env = {**self.env(), "KUBECTL_PORT_FORWARD_WEBSOCKETS": "true" if websocket else "false"}
         proc = subprocess.Popen(self.argv("port-forward", *args), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, env=self.env())
+                                stderr=subprocess.STDOUT, text=True, env=env)
         output: list[str] = []
         try:
             yield proc, wait_forwarding(proc, sum(1 for a in args if ":" in a), output), output

@@ -40,7 +40,7 @@ def test_exec_with_stdin_separate_streams_and_the_exit_code(cluster: LoopbackClu
     assert done.stdout.split() == [b"100000"]
     assert done.stderr.decode().splitlines() == ["to-stderr", "command terminated with exit code 3"]
     assert done.returncode == 3
-    assert transports_used(cluster)[-1] == {"websocket": "websocket", "spdy": "spdy/3.1"}[transport]
+    assert transports_used(cluster)[-1] == {"websocket": "websocket v5.channel.k8s.io", "spdy": "spdy/3.1"}[transport]
 
 
 @pytest.mark.parametrize("transport", list(TRANSPORTS))

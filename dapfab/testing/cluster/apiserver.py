@@ -1,9 +1,10 @@
 """A small Kubernetes API server that the real kubectl accepts (HTTPS, bearer token).
 
 Serves ``/version`` (minor 32), legacy discovery (``/api``, ``/apis``, ``/api/v1``), the
-OpenAPI v3 documents ``apply`` needs, CRUD on the core/v1 kinds in ``resources.KINDS``
-(Tables for ``kubectl get``, plain lists otherwise; apply-patch, strategic/merge/JSON-merge
-patches), pod logs (``follow`` too), pod port-forward (SPDY/3.1; the WebSocket variant is
+OpenAPI v3 documents ``apply`` needs, CRUD on the core/v1 and apps/v1 kinds in
+``resources.KINDS`` (Tables for ``kubectl get``, plain lists otherwise; apply-patch,
+strategic/merge/JSON-merge and JSON patches; a workload's ``scale`` and ``status``),
+``SelfSubjectAccessReview`` (:mod:`.access`), pod logs (``follow`` too), pod port-forward (SPDY/3.1; the WebSocket variant is
 refused so kubectl falls back) and pod exec/attach (WebSocket v5, SPDY fallback:
 :mod:`.remotecommand`). Every request is recorded in ``requests.log`` as one JSON
 line with ``token``: ``valid`` / ``invalid`` / ``missing`` (never the token itself).
@@ -23,10 +24,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from . import openapi, remotecommand, resources
+from . import access, discovery, openapi, remotecommand, resources, websocket
 from .pods import PodProcess
 from .portforward import PortForwardSession
-from .resources import KINDS, SUBRESOURCES, Obj
+from .resources import KINDS, Kind, Obj
 
 MAX_BODY = 16 << 20
 PROTECTED = {("namespaces", "", n) for n in ("default", "kube-system", "kube-public", "demo")} | {
@@ -43,6 +44,45 @@ class HTTPError(Exception):
 
 def not_found(plural: str, name: str) -> HTTPError:
     return HTTPError(404, "NotFound", f'{plural} "{name}" not found', {"name": name, "kind": plural})
+
+
+TUNNELED_PORTFORWARD = "SPDY/3.1+portforward.k8s.io"  # kubectl 1.30+: SPDY inside a WebSocket
+PATCH_TYPES = {"application/merge-patch+json": "merge", "application/strategic-merge-patch+json": "strategic",
+               "application/json-patch+json": "json", "application/apply-patch+yaml": "strategic"}
+
+
+def resource_path(path: str) -> tuple[Kind, str | None, str | None, str | None]:
+    """(kind, namespace, name, subresource) of a resource URL (``/api/v1/...`` or
+    ``/apis/GROUP/VERSION/...``); 404 for anything else."""
+    parts = path.strip("/").split("/")
+    if parts[:2] == ["api", "v1"]:
+        api_version, parts = "v1", parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 3:
+        api_version, parts = f"{parts[1]}/{parts[2]}", parts[3:]
+    else:
+        raise HTTPError(404, "NotFound", "the server could not find the requested resource")
+    served = {k.plural: k for k in KINDS.values() if k.api_version == api_version}
+    namespace: str | None = None
+    if len(parts) >= 3 and parts[0] == "namespaces" and parts[2] in served:
+        namespace, parts = parts[1], parts[2:]
+    if not parts or parts[0] not in served or len(parts) > 3:
+        raise HTTPError(404, "NotFound", "the server could not find the requested resource")
+    kind = served[parts[0]]
+    name = parts[1] if len(parts) > 1 else None
+    if kind.namespaced and name is not None and namespace is None:
+        raise HTTPError(404, "NotFound", "the server could not find the requested resource")
+    return kind, namespace, name, parts[2] if len(parts) > 2 else None
+
+
+def scale_of(obj: Obj) -> Obj:
+    """The autoscaling/v1 Scale of a workload."""
+    meta = obj["metadata"]
+    return {"kind": "Scale", "apiVersion": "autoscaling/v1",
+            "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion",
+                                              "creationTimestamp") if k in meta},
+            "spec": {"replicas": obj["spec"].get("replicas", 1)},
+            "status": {"replicas": obj.get("status", {}).get("replicas", 0),
+                       "selector": resources.selector_text(obj)}}
 
 
 def _pod_subresource(req: Request) -> tuple[str, str, str]:
@@ -203,6 +243,9 @@ class APIServer:
             code, body, ctype = self.route(req)
         except HTTPError as exc:
             code, body, ctype = exc.status["code"], exc.status, "application/json"
+        except resources.Invalid as exc:
+            code, ctype = 422, "application/json"
+            body = resources.status(422, "Invalid", str(exc))
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception as exc:  # noqa: BLE001 - a bug or odd input: answer it, keep serving
@@ -239,24 +282,17 @@ class APIServer:
             return 200, "ok", "text/plain"
         if method == "GET" and path in self.DISCOVERY:
             return 200, self.DISCOVERY[path](self), "application/json"
-        parts = path.strip("/").split("/")
-        if parts[:2] != ["api", "v1"]:
-            raise HTTPError(404, "NotFound", "the server could not find the requested resource")
-        parts = parts[2:]
-        namespace: str | None = None
-        if len(parts) >= 3 and parts[0] == "namespaces" and parts[2] in KINDS:
-            namespace, parts = parts[1], parts[2:]
-        if not parts or parts[0] not in KINDS:
-            raise HTTPError(404, "NotFound", "the server could not find the requested resource")
-        plural = parts[0]
-        kind = KINDS[plural]
-        name = parts[1] if len(parts) > 1 else None
-        sub = parts[2] if len(parts) > 2 else None
-        if kind.namespaced and name is not None and namespace is None:
-            raise HTTPError(404, "NotFound", "the server could not find the requested resource")
+        if path == f"/apis/{access.GROUP_VERSION}/selfsubjectaccessreviews":
+            if method != "POST":
+                raise HTTPError(405, "MethodNotAllowed", f"{method} is not supported on selfsubjectaccessreviews")
+            return 201, access.review(req.json_body()), "application/json"
+        kind, namespace, name, sub = resource_path(path)
+        plural = kind.plural
         ns = namespace or "" if kind.namespaced else ""
         if sub == "log" and plural == "pods" and method == "GET":
             return 200, self._log_text(ns, name or "", req.query), "text/plain"
+        if sub == "scale" and plural in resources.WORKLOADS:
+            return self._scale(plural, ns, name or "", req)
         if sub is not None and sub != "status":
             raise HTTPError(404, "NotFound", "the server could not find the requested resource")
         if name is None:
@@ -265,6 +301,7 @@ class APIServer:
             if method == "POST":
                 return self._create(plural, ns, req)
             raise HTTPError(405, "MethodNotAllowed", f"{method} is not supported on {plural}")
+        status = sub == "status"
         if method == "GET":
             try:
                 obj = self.store.get(plural, ns, name)
@@ -276,11 +313,11 @@ class APIServer:
         if method == "PUT":
             body = self._object_body(req, kind.kind)
             try:
-                return 200, self.store.replace(plural, ns, name, body), "application/json"
+                return 200, self.store.replace(plural, ns, name, body, status=status), "application/json"
             except resources.NotFound:
                 raise not_found(plural, name) from None
         if method == "PATCH":
-            return self._patch(plural, ns, name, req)
+            return self._patch(plural, ns, name, req, status)
         if method == "DELETE":
             if (plural, ns, name) in PROTECTED:
                 raise HTTPError(403, "Forbidden", f'{plural} "{name}" is part of the lab and cannot be deleted')
@@ -305,7 +342,7 @@ class APIServer:
         for item in items:
             item.pop("kind", None)
             item.pop("apiVersion", None)
-        return {"kind": f"{KINDS[plural].kind}List", "apiVersion": "v1",
+        return {"kind": f"{KINDS[plural].kind}List", "apiVersion": KINDS[plural].api_version,
                 "metadata": {"resourceVersion": rv}, "items": items}
 
     def _object_body(self, req: Request, kind: str) -> Obj:
@@ -329,18 +366,18 @@ class APIServer:
                             {"name": name, "kind": plural}) from None
         except resources.NotFound as exc:
             raise HTTPError(404, "NotFound", str(exc).strip('"').replace('\\"', '"')) from None
-        except resources.Invalid as exc:
-            raise HTTPError(422, "Invalid", str(exc)) from None
 
     def _created(self, plural: str, ns: str, body: Obj) -> Obj:
-        if plural == "pods":  # a pod without a process: an address nothing answers on
+        if plural == "pods" and not body.get("status", {}).get("podIP"):
+            # a pod without a process: an address nothing answers on
             status = body.setdefault("status", {})
             self._next_ip = getattr(self, "_next_ip", 10) % 250 + 1
             status.setdefault("podIP", f"10.244.0.{self._next_ip}")
             status.setdefault("hostIP", self.address)
         return self.store.create(plural, ns, body)
 
-    def _patch(self, plural: str, ns: str, name: str, req: Request) -> tuple[int, Any, str]:
+    def _patch(self, plural: str, ns: str, name: str, req: Request,
+               status: bool = False) -> tuple[int, Any, str]:
         ctype = req.headers.get("content-type", "").split(";")[0].strip()
         patch = req.json_body()
         if ctype == "application/apply-patch+yaml":
@@ -353,17 +390,39 @@ class APIServer:
                 patch.setdefault("metadata", {})["name"] = name
                 try:
                     return 201, self._created(plural, ns, patch), "application/json"
-                except (resources.Invalid, resources.NotFound) as exc:
+                except resources.NotFound as exc:
                     raise HTTPError(422, "Invalid", str(exc)) from None
-            return 200, self.store.patch(plural, ns, name, patch), "application/json"
-        if ctype == "application/json-patch+json":
-            raise HTTPError(415, "UnsupportedMediaType", "JSON patches are not supported by the lab")
-        if ctype not in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+            return 200, self.store.patch(plural, ns, name, patch, status=status), "application/json"
+        if ctype not in PATCH_TYPES:
             raise HTTPError(415, "UnsupportedMediaType", f"the content type {ctype!r} is not supported")
         try:
-            return 200, self.store.patch(plural, ns, name, patch), "application/json"
+            return 200, self.store.patch(plural, ns, name, patch, PATCH_TYPES[ctype],
+                                         status=status), "application/json"
         except resources.NotFound:
             raise not_found(plural, name) from None
+
+    def _scale(self, plural: str, ns: str, name: str, req: Request) -> tuple[int, Any, str]:
+        """The ``scale`` subresource of a workload: an autoscaling/v1 Scale."""
+        try:
+            obj = self.store.get(plural, ns, name)
+        except resources.NotFound:
+            raise not_found(plural, name) from None
+        if req.method in ("PUT", "PATCH"):
+            scale = scale_of(obj)
+            if req.method == "PUT":
+                scale = self._object_body(req, "Scale")
+            else:
+                ctype = req.headers.get("content-type", "").split(";")[0].strip()
+                if ctype not in PATCH_TYPES:
+                    raise HTTPError(415, "UnsupportedMediaType", f"the content type {ctype!r} is not supported")
+                scale = resources.PATCHES[PATCH_TYPES[ctype]](scale, req.json_body())
+            replicas = scale.get("spec", {}).get("replicas")
+            if not isinstance(replicas, int) or replicas < 0:
+                raise HTTPError(422, "Invalid", "spec.replicas: Invalid value: must be a non-negative integer")
+            obj = self.store.patch(plural, ns, name, {"spec": {"replicas": replicas}})
+        elif req.method != "GET":
+            raise HTTPError(405, "MethodNotAllowed", f"{req.method} is not supported on {plural}/scale")
+        return 200, scale_of(obj), "application/json"
 
     # --- discovery -------------------------------------------------------------------
 
@@ -378,24 +437,14 @@ class APIServer:
                 "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0",
                                                 "serverAddress": f"{self.address}:{self.port}"}]}
 
-    def _apis(self) -> Obj:
-        return {"kind": "APIGroupList", "apiVersion": "v1", "groups": []}
-
-    def _api_v1(self) -> Obj:
-        out = []
-        for plural, kind in KINDS.items():
-            out.append({"name": plural, "singularName": kind.kind.lower(), "namespaced": kind.namespaced,
-                        "kind": kind.kind, "verbs": list(kind.verbs), "shortNames": list(kind.short_names),
-                        "storageVersionHash": ""})
-        for name, (kname, verbs) in SUBRESOURCES.items():
-            out.append({"name": name, "singularName": "", "namespaced": True, "kind": kname,
-                        "verbs": list(verbs)})
-        return {"kind": "APIResourceList", "groupVersion": "v1", "resources": out}
-
     DISCOVERY = {
-        "/version": _version, "/api": _api, "/apis": _apis, "/api/v1": _api_v1,
+        "/version": _version, "/api": _api,
+        "/apis": lambda self: discovery.group_list(),
+        **{f"/{path}": (lambda self, gv=gv: discovery.resource_list(gv)) for gv, path in discovery.PATHS.items()},
+        **{f"/apis/{group}": (lambda self, group=group: discovery.group(group)) for group in discovery.GROUPS},
         "/openapi/v3": lambda self: openapi.index(),
-        "/openapi/v3/api/v1": lambda self: openapi.API_V1,
+        **{f"/openapi/v3/{path}": (lambda self, gv=gv: openapi.DOCUMENTS[gv])
+           for gv, path in discovery.PATHS.items() if gv in openapi.DOCUMENTS},
     }
 
     # --- logs ------------------------------------------------------------------------
@@ -475,13 +524,10 @@ class APIServer:
 
     async def _watch(self, req: Request, token: str, writer: asyncio.StreamWriter) -> bool:
         """Stream watch events (JSON lines, chunked) until timeoutSeconds or the client leaves."""
-        parts = req.path.strip("/").split("/")[2:]
-        namespace: str | None = None
-        if len(parts) >= 3 and parts[0] == "namespaces" and parts[2] in KINDS:
-            namespace, parts = parts[1], parts[2:]
-        if len(parts) != 1 or parts[0] not in KINDS:
-            raise HTTPError(404, "NotFound", "the server could not find the requested resource")
-        plural = parts[0]
+        kind, namespace, name, _sub = resource_path(req.path)
+        if name is not None:
+            raise HTTPError(404, "NotFound", "the lab watches collections only")
+        plural = kind.plural
         labels, fields = req.query.get("labelSelector", ""), req.query.get("fieldSelector", "")
         rv_text = req.query.get("resourceVersion", "")
         self._log(req, token, 200)
@@ -520,19 +566,22 @@ class APIServer:
         ns, name, _ = _pod_subresource(req)
         pod = self._pod(ns, name)
         upgrade = req.headers.get("upgrade", "").lower()
-        protocols = req.header_list("x-stream-protocol-version")
-        if upgrade != "spdy/3.1" or "portforward.k8s.io" not in protocols:
-            # WebSocket (or anything else): refuse, kubectl falls back to SPDY/3.1
-            status = resources.status(400, "BadRequest", f"upgrade to {upgrade or 'nothing'} is not supported; use SPDY/3.1")
-            self._log(req, token, 400)
-            await self._send_json(writer, 400, status)
-            return True
+        if upgrade == "websocket" and TUNNELED_PORTFORWARD in req.header_list("sec-websocket-protocol"):
+            head = websocket.handshake(req.headers.get("sec-websocket-key", ""), TUNNELED_PORTFORWARD)
+        elif upgrade == "spdy/3.1" and "portforward.k8s.io" in req.header_list("x-stream-protocol-version"):
+            head = (b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+                    b"X-Stream-Protocol-Version: portforward.k8s.io\r\n\r\n")
+        else:
+            raise HTTPError(400, "BadRequest", f"upgrade to {upgrade or 'nothing'} is not supported; "
+                            f"use SPDY/3.1 or a WebSocket with {TUNNELED_PORTFORWARD}")
         if pod.get("status", {}).get("phase") != "Running":
             raise HTTPError(400, "BadRequest", f"pod {name} is not running")
         self._log(req, token, 101)
-        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
-                     b"X-Stream-Protocol-Version: portforward.k8s.io\r\n\r\n")
+        writer.write(head)
         await writer.drain()
+        unwrapping = None
+        if upgrade == "websocket":
+            reader, writer, unwrapping = websocket.tunnel(reader, writer)  # type: ignore[assignment]
         proc = self.pods.get((ns, name))
 
         def target(port: int) -> tuple[str, int]:
@@ -540,9 +589,11 @@ class APIServer:
                 raise ConnectionRefusedError(errno.ECONNREFUSED, "the lab runs no process for this pod")
             return proc.address, port
 
-        session = PortForwardSession(reader, writer, target, self._event)
+        session = PortForwardSession(reader, writer, target, self.event)
         await session.run()
-        self._event(f"portforward {ns}/{name} closed: {session.bytes_in} bytes in, "
+        if unwrapping is not None:
+            unwrapping.cancel()
+        self.event(f"portforward {ns}/{name} ({upgrade}) closed: {session.bytes_in} bytes in, "
                     f"{session.bytes_out} bytes out")
         return False
 
@@ -560,13 +611,12 @@ class APIServer:
         upgrade = req.headers.get("upgrade", "").lower()
         if upgrade == "websocket":
             offered = req.header_list("sec-websocket-protocol")
-            if remotecommand.WS_PROTOCOL not in offered:
+            chosen = next((p for p in remotecommand.WS_PROTOCOLS if p in offered), None)
+            if chosen is None:
                 raise HTTPError(400, "BadRequest", f"none of {offered} is supported")
-            accept = remotecommand.websocket_accept(req.headers.get("sec-websocket-key", ""))
-            head = ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                    f"Sec-WebSocket-Accept: {accept}\r\n"
-                    f"Sec-WebSocket-Protocol: {remotecommand.WS_PROTOCOL}\r\n\r\n")
+            head = websocket.handshake(req.headers.get("sec-websocket-key", ""), chosen).decode()
             io: remotecommand.Channels = remotecommand.WebSocketChannels(reader, writer)
+            upgrade = f"websocket {chosen}"
         elif upgrade == "spdy/3.1":
             offered = req.header_list("x-stream-protocol-version")
             if remotecommand.SPDY_PROTOCOL not in offered:
@@ -596,13 +646,13 @@ class APIServer:
         else:
             code = await remotecommand.run_pipes(io, argv, req.query.get("stdin") == "true",
                                                  req.query.get("stderr") == "true", cwd)
-        self._event(f"{verb} {ns}/{name} {argv} ({upgrade}) exited {code}")
+        self.event(f"{verb} {ns}/{name} {argv} ({upgrade}) exited {code}")
         if not io.gone.is_set():
             await io.finish(remotecommand.status(code, argv))
         reading.cancel()
         return False
 
-    def _event(self, message: str) -> None:
+    def event(self, message: str) -> None:
         entry = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
                  "event": message}
         self.request_log.write(json.dumps(entry) + "\n")

@@ -1,7 +1,7 @@
 """The minimal OpenAPI documents kubectl needs for ``apply`` (client-side and server-side).
 
 kubectl 1.32 reads ``/openapi/v3`` (an index of group-versions) and then the document for
-``api/v1``. From it, it learns that PATCH supports ``fieldValidation`` (so it validates on
+the kind's group-version (``api/v1``, ``apis/apps/v1``). From it, it learns that PATCH supports ``fieldValidation`` (so it validates on
 the server instead of downloading ``/openapi/v2``) and finds each kind's schema by its
 ``x-kubernetes-group-version-kind`` to compute a strategic merge patch.
 """
@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Any
 
-from .resources import KINDS
+from .resources import KINDS, Kind
 
 _STRING = {"type": "string"}
 _STRING_MAP = {"type": "object", "additionalProperties": _STRING}
@@ -32,25 +32,29 @@ _EXTRA_PROPERTIES: dict[str, dict[str, Any]] = {
     "Service": {"spec": {"type": "object"}, "status": {"type": "object"}},
     "Namespace": {"spec": {"type": "object"}, "status": {"type": "object"}},
     "Node": {"spec": {"type": "object"}, "status": {"type": "object"}},
+    "Deployment": {"spec": {"type": "object"}, "status": {"type": "object"}},
+    "ReplicaSet": {"spec": {"type": "object"}, "status": {"type": "object"}},
 }
 
 
-def _gvk(kind: str) -> dict[str, str]:
-    return {"group": "", "version": "v1", "kind": kind}
+def _gvk(kind: Kind) -> dict[str, str]:
+    return {"group": kind.group, "version": kind.version, "kind": kind.kind}
 
 
 def _query(name: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "schema": {"type": "string", "uniqueItems": True}}
 
 
-def api_v1() -> dict[str, Any]:
-    """The OpenAPI v3 document for the core group ``api/v1``."""
+def document(group_version: str) -> dict[str, Any]:
+    """The OpenAPI v3 document of one group-version (``v1``, ``apps/v1``)."""
     schemas: dict[str, Any] = {
         "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta": _META,
     }
     paths: dict[str, Any] = {}
     for plural, kind in KINDS.items():
-        ref = f"io.k8s.api.core.v1.{kind.kind}"
+        if kind.api_version != group_version:
+            continue
+        ref = f"io.k8s.api.{kind.group.split('.')[0] or 'core'}.{kind.version}.{kind.kind}"
         schemas[ref] = {
             "type": "object",
             "description": f"{kind.kind} (dapfab lab)",
@@ -60,21 +64,21 @@ def api_v1() -> dict[str, Any]:
                              "default": {}},
                 **_EXTRA_PROPERTIES.get(kind.kind, {}),
             },
-            "x-kubernetes-group-version-kind": [_gvk(kind.kind)],
+            "x-kubernetes-group-version-kind": [_gvk(kind)],
         }
-        item = (f"/api/v1/namespaces/{{namespace}}/{plural}/{{name}}" if kind.namespaced
-                else f"/api/v1/{plural}/{{name}}")
+        item = (f"/{kind.group_version}/namespaces/{{namespace}}/{plural}/{{name}}" if kind.namespaced
+                else f"/{kind.group_version}/{plural}/{{name}}")
         body = {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
         ok = {"200": {"description": "OK", **body}}
         paths[item] = {
             "get": {"operationId": f"read{kind.kind}", "x-kubernetes-action": "get",
-                    "x-kubernetes-group-version-kind": _gvk(kind.kind), "responses": ok},
+                    "x-kubernetes-group-version-kind": _gvk(kind), "responses": ok},
             "put": {"operationId": f"replace{kind.kind}", "x-kubernetes-action": "put",
-                    "x-kubernetes-group-version-kind": _gvk(kind.kind), "requestBody": body,
+                    "x-kubernetes-group-version-kind": _gvk(kind), "requestBody": body,
                     "parameters": [_query("dryRun"), _query("fieldManager"), _query("fieldValidation")],
                     "responses": ok},
             "patch": {"operationId": f"patch{kind.kind}", "x-kubernetes-action": "patch",
-                      "x-kubernetes-group-version-kind": _gvk(kind.kind),
+                      "x-kubernetes-group-version-kind": _gvk(kind),
                       "parameters": [_query("dryRun"), _query("fieldManager"), _query("fieldValidation"),
                                      {"name": "force", "in": "query", "schema": {"type": "boolean"}}],
                       "responses": ok},
@@ -87,10 +91,14 @@ def _hash(doc: dict[str, Any]) -> str:
     return hashlib.sha512(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:64].upper()
 
 
-API_V1 = api_v1()
-API_V1_HASH = _hash(API_V1)
+DOCUMENTS = {gv: document(gv) for gv in ("v1", "apps/v1")}
+HASHES = {gv: _hash(doc) for gv, doc in DOCUMENTS.items()}
 
 
 def index() -> dict[str, Any]:
     """``/openapi/v3``: where each group-version's document lives."""
-    return {"paths": {"api/v1": {"serverRelativeURL": f"/openapi/v3/api/v1?hash={API_V1_HASH}"}}}
+    paths = {}
+    for gv in DOCUMENTS:
+        path = "api/v1" if gv == "v1" else f"apis/{gv}"
+        paths[path] = {"serverRelativeURL": f"/openapi/v3/{path}?hash={HASHES[gv]}"}
+    return {"paths": paths}

@@ -3,7 +3,8 @@
 kubectl 1.32's typed clients (``kubectl create configmap|namespace|service ...``) send
 ``application/vnd.kubernetes.protobuf``: the magic ``k8s\\0`` and a ``runtime.Unknown``
 envelope holding the object's protobuf. Only the kinds and fields the lab serves are known
-here (field numbers from ``k8s.io/api/core/v1/generated.proto`` and apimachinery's
+here (field numbers from ``k8s.io/api/core/v1/generated.proto``,
+``k8s.io/api/authorization/v1/generated.proto`` (``kubectl auth can-i``) and apimachinery's
 ``meta/v1``); unknown fields are skipped, as protobuf readers do.
 """
 
@@ -35,7 +36,13 @@ SERVICE_SPEC: Schema = {1: ("ports", ("repeated", SERVICE_PORT)), 2: ("selector"
                         3: ("clusterIP", "string"), 4: ("type", "string"),
                         5: ("externalIPs", ("repeated", "string")),
                         11: ("externalName", "string")}
+RESOURCE_ATTRIBUTES: Schema = {1: ("namespace", "string"), 2: ("verb", "string"), 3: ("group", "string"),
+                               4: ("version", "string"), 5: ("resource", "string"),
+                               6: ("subresource", "string"), 7: ("name", "string")}
+ACCESS_REVIEW_SPEC: Schema = {1: ("resourceAttributes", RESOURCE_ATTRIBUTES),
+                              2: ("nonResourceAttributes", {1: ("path", "string"), 2: ("verb", "string")})}
 KINDS: dict[str, Schema] = {
+    "SelfSubjectAccessReview": {1: ("metadata", OBJECT_META), 2: ("spec", ACCESS_REVIEW_SPEC)},
     "ConfigMap": {1: ("metadata", OBJECT_META), 2: ("data", ("map", "string")),
                   3: ("binaryData", ("map", "bytes")), 4: ("immutable", "bool")},
     "Namespace": {1: ("metadata", OBJECT_META)},

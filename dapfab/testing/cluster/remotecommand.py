@@ -16,10 +16,8 @@ the command is killed.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import signal
@@ -30,11 +28,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import spdy
+from . import spdy, websocket
 
 STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
-WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-WS_PROTOCOL = "v5.channel.k8s.io"
+WS_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")  # kubectl 1.32; the Python client
 SPDY_PROTOCOL = "v4.channel.k8s.io"
 READ_SIZE = 1 << 16
 ENV_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -84,23 +81,6 @@ class Channels:
 
 # -- WebSocket --------------------------------------------------------------------------------
 
-def websocket_accept(key: str) -> str:
-    """The ``Sec-WebSocket-Accept`` value for a client's ``Sec-WebSocket-Key``."""
-    return base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
-
-
-def ws_frame(opcode: int, payload: bytes) -> bytes:
-    """One unmasked, final server frame."""
-    n = len(payload)
-    if n < 126:
-        head = struct.pack(">BB", 0x80 | opcode, n)
-    elif n < 1 << 16:
-        head = struct.pack(">BBH", 0x80 | opcode, 126, n)
-    else:
-        head = struct.pack(">BBQ", 0x80 | opcode, 127, n)
-    return head + payload
-
-
 class WebSocketChannels(Channels):
     """The v5 channel protocol over one WebSocket."""
 
@@ -108,39 +88,9 @@ class WebSocketChannels(Channels):
         super().__init__()
         self.reader, self.writer = reader, writer
 
-    async def _message(self) -> tuple[int, bytes] | None:
-        """The next whole data message (opcode, payload); pings answered; None at close."""
-        parts: list[bytes] = []
-        opcode = 0
-        while True:
-            b0, b1 = await self.reader.readexactly(2)
-            op, n = b0 & 0x0F, b1 & 0x7F
-            if n == 126:
-                (n,) = struct.unpack(">H", await self.reader.readexactly(2))
-            elif n == 127:
-                (n,) = struct.unpack(">Q", await self.reader.readexactly(8))
-            mask = await self.reader.readexactly(4) if b1 & 0x80 else b""
-            data = await self.reader.readexactly(n)
-            if mask:
-                data = bytes(c ^ mask[i % 4] for i, c in enumerate(data))
-            if op == 0x8:  # close: answer it
-                self.send_raw(0x8, data[:2])
-                return None
-            if op == 0x9:
-                self.send_raw(0xA, data)
-                continue
-            if op == 0xA:
-                continue
-            if op:
-                opcode = op
-            parts.append(data)
-            if b0 & 0x80:
-                return opcode, b"".join(parts)
-
     async def read_loop(self) -> None:
         try:
-            while (message := await self._message()) is not None:
-                _, payload = message
+            while (payload := await websocket.read_message(self.reader, self.writer)) is not None:
                 if not payload:
                     continue
                 channel, data = payload[0], payload[1:]
@@ -156,7 +106,7 @@ class WebSocketChannels(Channels):
 
     def send_raw(self, opcode: int, payload: bytes) -> None:
         if not self.writer.is_closing():
-            self.writer.write(ws_frame(opcode, payload))
+            self.writer.write(websocket.frame(opcode, payload))
 
     def send(self, channel: int, data: bytes) -> None:
         self.send_raw(0x2, bytes([channel]) + data)

@@ -1,10 +1,12 @@
-"""The cluster's objects: an in-memory store of core/v1 resources, tables, selectors, patches."""
+"""The cluster's objects: an in-memory store of core/v1 and apps/v1 resources, tables,
+selectors, patches (JSON merge, strategic merge as JSON merge, JSON patch)."""
 
 from __future__ import annotations
 
 import copy
 import datetime as dt
 import itertools
+import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -14,13 +16,26 @@ Obj = dict[str, Any]
 
 @dataclass(frozen=True)
 class Kind:
-    """One core/v1 resource type as discovery describes it."""
+    """One resource type as discovery describes it."""
 
     plural: str
     kind: str
     namespaced: bool
     short_names: tuple[str, ...] = ()
     verbs: tuple[str, ...] = ("create", "delete", "get", "list", "patch", "update", "watch")
+    group: str = ""
+    version: str = "v1"
+    categories: tuple[str, ...] = ()
+
+    @property
+    def api_version(self) -> str:
+        """``v1`` or ``GROUP/VERSION``."""
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def group_version(self) -> str:
+        """Where the kind lives in the URL space: ``api/v1`` or ``apis/GROUP/VERSION``."""
+        return f"apis/{self.api_version}" if self.group else "api/v1"
 
 
 KINDS: dict[str, Kind] = {k.plural: k for k in (
@@ -30,9 +45,21 @@ KINDS: dict[str, Kind] = {k.plural: k for k in (
     Kind("namespaces", "Namespace", False, ("ns",)),
     Kind("nodes", "Node", False, ("no",)),
     Kind("events", "Event", True, ("ev",)),
+    Kind("deployments", "Deployment", True, ("deploy",), group="apps", categories=("all",)),
+    Kind("replicasets", "ReplicaSet", True, ("rs",), group="apps", categories=("all",)),
 )}
-SUBRESOURCES = {"pods/log": ("Pod", ("get",)), "pods/portforward": ("PodPortForwardOptions", ("create", "get")),
-                "pods/status": ("Pod", ("get", "patch", "update"))}
+# Subresources by group-version: name -> (kind, verbs, (group, version) of its kind if not the same)
+SUBRESOURCES: dict[str, dict[str, tuple[str, tuple[str, ...], tuple[str, str] | None]]] = {
+    "v1": {"pods/log": ("Pod", ("get",), None),
+           "pods/portforward": ("PodPortForwardOptions", ("create", "get"), None),
+           "pods/exec": ("PodExecOptions", ("create", "get"), None),
+           "pods/status": ("Pod", ("get", "patch", "update"), None)},
+    "apps/v1": {f"{plural}/{sub}": (kind, ("get", "patch", "update"), gv)
+                for plural, kind_name in (("deployments", "Deployment"), ("replicasets", "ReplicaSet"))
+                for sub, kind, gv in (("status", kind_name, None), ("scale", "Scale", ("autoscaling", "v1")))},
+}
+WORKLOADS = ("deployments", "replicasets")  # kinds with a spec the controller acts on
+REVISION = "deployment.kubernetes.io/revision"
 
 NODE_NAME = "lab-node-1"
 
@@ -96,6 +123,113 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             result[key] = merge_patch(result.get(key), value)
     return result
+
+
+# The lists kubectl's strategic merge patches merge by a key (k8s.io/api's patchMergeKey tags)
+MERGE_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "volumes": "name",
+              "volumeMounts": "mountPath", "imagePullSecrets": "name", "conditions": "type",
+              "ownerReferences": "uid"}
+
+
+def _merge_key(field: str, items: list[Any]) -> str | None:
+    if field == "ports":  # a container's ports, or a service's
+        return "port" if any(isinstance(i, dict) and "port" in i for i in items) else "containerPort"
+    return MERGE_KEYS.get(field)
+
+
+def strategic_merge(target: Any, patch: Any) -> Any:
+    """A strategic merge patch: a JSON merge patch whose lists in ``MERGE_KEYS`` merge item by
+    item, with the directives kubectl sends (``$setElementOrder``, ``$patch: delete|replace``,
+    ``$retainKeys``, ``$deleteFromPrimitiveList``)."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    if patch.get("$patch") == "replace":
+        return {k: copy.deepcopy(v) for k, v in patch.items() if not k.startswith("$")}
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if key.startswith("$deleteFromPrimitiveList/"):
+            field = key.split("/", 1)[1]
+            result[field] = [v for v in result.get(field, []) if v not in value]
+        elif key.startswith("$"):
+            continue
+        elif value is None:
+            result.pop(key, None)
+        elif isinstance(value, list) and isinstance(result.get(key), list) and (
+                mkey := _merge_key(key, result[key] + value)):
+            result[key] = _merge_list(result[key], value, mkey, patch.get(f"$setElementOrder/{key}"))
+        else:
+            result[key] = strategic_merge(result.get(key), value)
+    if isinstance(patch.get("$retainKeys"), list):
+        result = {k: v for k, v in result.items() if k in patch["$retainKeys"]}
+    return result
+
+
+def _merge_list(old: list[Any], patch: list[Any], key: str, order: list[Any] | None) -> list[Any]:
+    if any(isinstance(p, dict) and p.get("$patch") == "replace" for p in patch):
+        return [copy.deepcopy(p) for p in patch if not (isinstance(p, dict) and "$patch" in p)]
+    items = copy.deepcopy(old)
+    for item in patch:
+        if not isinstance(item, dict):
+            items.append(copy.deepcopy(item))
+            continue
+        index = next((i for i, o in enumerate(items) if isinstance(o, dict) and o.get(key) == item.get(key)), None)
+        if item.get("$patch") == "delete":
+            if index is not None:
+                del items[index]
+        elif index is None:
+            items.append(strategic_merge({}, item))
+        else:
+            items[index] = strategic_merge(items[index], item)
+    if order:
+        rank = {json.dumps(o.get(key)): n for n, o in enumerate(order) if isinstance(o, dict)}
+        items.sort(key=lambda o: rank.get(json.dumps(o.get(key) if isinstance(o, dict) else o), len(rank)))
+    return items
+
+
+def _pointer(path: str) -> list[str]:
+    if path and not path.startswith("/"):
+        raise Invalid(f"JSON patch path {path!r} does not start with /")
+    return [p.replace("~1", "/").replace("~0", "~") for p in path.split("/")[1:]]
+
+
+def json_patch(target: Any, operations: Any) -> Any:
+    """JSON patch (RFC 6902): add, remove, replace, test (what ``kubectl rollout undo`` sends)."""
+    if not isinstance(operations, list):
+        raise Invalid("a JSON patch is a list of operations")
+    doc = copy.deepcopy(target)
+    for op in operations:
+        if not isinstance(op, dict):
+            raise Invalid("a JSON patch operation is an object")
+        *parents, last = _pointer(op.get("path", "")) or [""]
+        cur = doc
+        for part in parents:
+            cur = cur[int(part)] if isinstance(cur, list) else cur.get(part)
+            if cur is None:
+                raise Invalid(f"JSON patch path {op.get('path')!r} does not exist")
+        kind = op.get("op")
+        if kind == "test":
+            value = cur[int(last)] if isinstance(cur, list) else cur.get(last)
+            if value != op.get("value"):
+                raise Invalid(f"JSON patch test of {op.get('path')!r} failed")
+        elif kind in ("add", "replace"):
+            if isinstance(cur, list):
+                index = len(cur) if last == "-" else int(last)
+                if kind == "add":
+                    cur.insert(index, copy.deepcopy(op.get("value")))
+                else:
+                    cur[index] = copy.deepcopy(op.get("value"))
+            else:
+                if kind == "replace" and last not in cur:
+                    raise Invalid(f"JSON patch replace of missing {op.get('path')!r}")
+                cur[last] = copy.deepcopy(op.get("value"))
+        elif kind == "remove":
+            if isinstance(cur, list):
+                del cur[int(last)]
+            elif cur.pop(last, None) is None:
+                raise Invalid(f"JSON patch remove of missing {op.get('path')!r}")
+        else:
+            raise Invalid(f"JSON patch operation {kind!r} is not supported by the lab")
+    return doc
 
 
 def match_labels(labels: dict[str, str], selector: str) -> bool:
@@ -196,7 +330,7 @@ class Store:
         if (plural, namespace, name) in self._objects:
             raise Conflict(name)
         obj = copy.deepcopy(obj)
-        obj["kind"], obj["apiVersion"] = kind.kind, "v1"
+        obj["kind"], obj["apiVersion"] = kind.kind, kind.api_version
         meta = obj["metadata"]
         if kind.namespaced:
             meta["namespace"] = namespace
@@ -205,15 +339,22 @@ class Store:
         meta["uid"] = str(uuid.uuid4())
         meta.setdefault("creationTimestamp", timestamp(now()))
         meta["resourceVersion"] = self.resource_version()
+        if plural in WORKLOADS:
+            meta["generation"] = 1
+            obj["status"] = {}
         defaults = {"pods": _pod_defaults, "services": _service_defaults,
-                    "namespaces": _namespace_defaults}.get(plural)
+                    "namespaces": _namespace_defaults, "deployments": _workload_defaults,
+                    "replicasets": _workload_defaults}.get(plural)
         if defaults:
             defaults(obj)
         self._objects[(plural, namespace, name)] = obj
         self._record("ADDED", plural, namespace, obj)
         return copy.deepcopy(obj)
 
-    def replace(self, plural: str, namespace: str, name: str, obj: Obj) -> Obj:
+    def replace(self, plural: str, namespace: str, name: str, obj: Obj, status: bool = False) -> Obj:
+        """Replace an object; for a workload, ``status`` says which part is replaced: the
+        status (the status subresource, the controller) or everything else (its generation
+        grows when its spec changes), as the API server does."""
         old = self.get(plural, namespace, name)
         obj = copy.deepcopy(obj)
         meta = obj.setdefault("metadata", {})
@@ -221,17 +362,29 @@ class Store:
             meta[key] = old["metadata"][key]
         if KINDS[plural].namespaced:
             meta["namespace"] = namespace
-        obj["kind"], obj["apiVersion"] = old["kind"], "v1"
+        obj["kind"], obj["apiVersion"] = old["kind"], KINDS[plural].api_version
         if plural == "pods" and "status" not in obj:
             obj["status"] = old.get("status", {})
+        if plural in WORKLOADS:
+            if status:
+                obj = {**old, "status": obj.get("status", {})}
+                meta = obj["metadata"] = copy.deepcopy(old["metadata"])
+            else:
+                obj["status"] = old.get("status", {})
+                _workload_defaults(obj)
+                generation = old["metadata"].get("generation", 1)
+                meta["generation"] = generation + (obj.get("spec") != old.get("spec"))
         meta["resourceVersion"] = self.resource_version()
         self._objects[(plural, namespace, name)] = obj
         self._record("MODIFIED", plural, namespace, obj)
         return copy.deepcopy(obj)
 
-    def patch(self, plural: str, namespace: str, name: str, patch: Obj) -> Obj:
+    def patch(self, plural: str, namespace: str, name: str, patch: Any, how: str = "strategic",
+              status: bool = False) -> Obj:
+        """Apply ``patch`` to the object: ``how`` is ``strategic``, ``merge`` or ``json``."""
         old = self.get(plural, namespace, name)
-        return self.replace(plural, namespace, name, merge_patch(old, patch))
+        new = PATCHES[how](old, patch)
+        return self.replace(plural, namespace, name, new, status=status)
 
     def delete(self, plural: str, namespace: str, name: str) -> Obj:
         obj = self.get(plural, namespace, name)
@@ -241,7 +394,11 @@ class Store:
         return obj
 
 
-def add_event(store: Store, obj: Obj, type_: str, reason: str, message: str) -> None:
+PATCHES = {"strategic": strategic_merge, "merge": merge_patch, "json": json_patch}
+
+
+def add_event(store: Store, obj: Obj, type_: str, reason: str, message: str,
+              component: str = "kubelet") -> None:
     """Record a core/v1 Event about ``obj`` (what `kubectl describe` and `get events` show)."""
     meta = obj["metadata"]
     stamp = timestamp(now())
@@ -249,10 +406,10 @@ def add_event(store: Store, obj: Obj, type_: str, reason: str, message: str) -> 
         "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}"},
         "involvedObject": {"kind": obj.get("kind", ""), "name": meta["name"],
                            "namespace": meta.get("namespace", ""), "uid": meta.get("uid", ""),
-                           "apiVersion": "v1"},
+                           "apiVersion": obj.get("apiVersion", "v1")},
         "type": type_, "reason": reason, "message": message, "count": 1,
         "firstTimestamp": stamp, "lastTimestamp": stamp,
-        "source": {"component": "kubelet", "host": NODE_NAME},
+        "source": {"component": component, "host": NODE_NAME},
     })
 
 
@@ -273,6 +430,35 @@ def _pod_defaults(pod: Obj) -> None:
         {"type": t, "status": "True", "lastTransitionTime": pod["metadata"]["creationTimestamp"]}
         for t in ("Initialized", "Ready", "ContainersReady", "PodScheduled")
     ])
+
+
+def _workload_defaults(obj: Obj) -> None:
+    """A Deployment's or ReplicaSet's defaults; its selector must select its template."""
+    spec = obj.setdefault("spec", {})
+    spec.setdefault("replicas", 1)
+    template_meta = spec.get("template", {}).get("metadata")
+    if isinstance(template_meta, dict) and template_meta.get("creationTimestamp", "") is None:
+        del template_meta["creationTimestamp"]  # what a Go client's round trip adds
+    if obj["kind"] == "Deployment":
+        spec.setdefault("strategy", {"type": "RollingUpdate",
+                                     "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}})
+        spec.setdefault("revisionHistoryLimit", 10)
+        spec.setdefault("progressDeadlineSeconds", 600)
+    selector = (spec.get("selector") or {}).get("matchLabels") or {}
+    labels = spec.get("template", {}).get("metadata", {}).get("labels") or {}
+    if not selector:
+        raise Invalid("spec.selector: Required value (the lab understands matchLabels)")
+    if any(labels.get(k) != v for k, v in selector.items()):
+        raise Invalid("spec.template.metadata.labels: Invalid value: "
+                      "`selector` does not match template `labels`")
+    if not spec.get("template", {}).get("spec", {}).get("containers"):
+        raise Invalid("spec.template.spec.containers: Required value")
+
+
+def selector_text(obj: Obj) -> str:
+    """A workload's ``spec.selector.matchLabels`` as a label selector string."""
+    labels = (obj.get("spec", {}).get("selector") or {}).get("matchLabels") or {}
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
 def _service_defaults(svc: Obj) -> None:
@@ -351,6 +537,36 @@ TABLES: dict[str, tuple[list[Obj], Any]] = {
                          n["status"]["nodeInfo"]["osImage"], n["status"]["nodeInfo"]["kernelVersion"],
                          n["status"]["nodeInfo"]["containerRuntimeVersion"]]),
 }
+
+
+def _images(obj: Obj) -> tuple[str, str]:
+    containers = obj.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
+    return (",".join(c.get("name", "") for c in containers), ",".join(c.get("image", "") for c in containers))
+
+
+def _deployment_cells(d: Obj) -> list[Any]:
+    st = d.get("status", {})
+    return [d["metadata"]["name"], f"{st.get('readyReplicas', 0)}/{d['spec'].get('replicas', 1)}",
+            st.get("updatedReplicas", 0), st.get("availableReplicas", 0),
+            human_age(d["metadata"]["creationTimestamp"]), *_images(d), selector_text(d)]
+
+
+def _replicaset_cells(r: Obj) -> list[Any]:
+    st = r.get("status", {})
+    return [r["metadata"]["name"], r["spec"].get("replicas", 1), st.get("replicas", 0),
+            st.get("readyReplicas", 0), human_age(r["metadata"]["creationTimestamp"]), *_images(r),
+            selector_text(r)]
+
+
+TABLES["deployments"] = (
+    [_col("Name", fmt="name"), _col("Ready"), _col("Up-to-date", "integer"), _col("Available", "integer"),
+     _col("Age"), _col("Containers", priority=1), _col("Images", priority=1), _col("Selector", priority=1)],
+    _deployment_cells)
+TABLES["replicasets"] = (
+    [_col("Name", fmt="name"), _col("Desired", "integer"), _col("Current", "integer"),
+     _col("Ready", "integer"), _col("Age"), _col("Containers", priority=1), _col("Images", priority=1),
+     _col("Selector", priority=1)],
+    _replicaset_cells)
 
 
 def table(plural: str, objects: list[Obj], resource_version: str) -> Obj:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import control
 from .apiserver import APIServer
+from .controller import Controllers
 from .pods import PodProcess, ensure_address, web_pod
 from .tls import kubeconfig_text, make_certificates, write_private
 
@@ -37,6 +38,9 @@ class Cluster:
         web.on_restart = lambda p: api.pod_restarted(p.namespace, p.name)
         api.pods[("default", "web")] = web
         servers: list[asyncio.base_events.Server] = []
+        controllers = asyncio.create_task(Controllers(
+            api.store, api.pods, self.pod_address, self.state_dir, api.event,
+            on_restart=lambda p: api.pod_restarted(p.namespace, p.name)).run())
         try:
             await web.start()
             servers.append(await asyncio.start_server(
@@ -52,7 +56,7 @@ class Cluster:
                                                    "source": 9002}}}}) + "\n")
             while True:  # like the kubelet with restartPolicy Always
                 await asyncio.sleep(0.5)
-                for pod in api.pods.values():
+                for pod in list(api.pods.values()):
                     if pod.exited():
                         try:
                             await pod.restart(gap=0.5)
@@ -60,11 +64,12 @@ class Cluster:
                             print(f"cluster: {exc}", file=sys.stderr, flush=True)
                             continue
         finally:
+            controllers.cancel()
             (self.state_dir / "ready").unlink(missing_ok=True)
             for s in servers:
                 s.close()
             api.close_connections()
-            for pod in api.pods.values():
+            for pod in list(api.pods.values()):
                 await asyncio.to_thread(pod.stop)
             (self.state_dir / control.SOCKET_NAME).unlink(missing_ok=True)
             api.request_log.close()

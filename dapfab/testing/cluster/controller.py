@@ -98,7 +98,7 @@ class Controllers:
         self.pod_address = pod_address
         network = ipaddress.ip_network(f"{pod_address}/24", strict=False)
         self._free = [str(network.network_address + n) for n in range(100, 250)]
-        self._starting: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._node_ports: dict[int, asyncio.base_events.Server] = {}
         self._refused: set[int] = set()
         self._turn = itertools.count()
@@ -282,9 +282,7 @@ class Controllers:
             process.on_restart = self.on_restart
             process.spawn()
             self.pods[(ns, name)] = process
-            task = asyncio.create_task(self._started(process))
-            self._starting.add(task)
-            task.add_done_callback(self._starting.discard)
+            self._background(self._started(process))
         return pod
 
     async def _started(self, process: PodProcess) -> None:
@@ -315,10 +313,19 @@ class Controllers:
                     self.store.delete(plural, obj["metadata"]["namespace"], obj["metadata"]["name"])
         for key in [k for k in self.pods if k != ("default", "web") and not self.store.exists("pods", *k)]:
             process = self.pods.pop(key)
-            self._free.append(process.address)
-            if process.pid is not None and pid_alive(process.pid):
-                await asyncio.to_thread(process.stop)
-            self.event(f"pod {key[0]}/{key[1]} deleted: its process is stopped")
+            self._background(self._stop(process))
+
+    def _background(self, work: Any) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _stop(self, process: PodProcess) -> None:
+        """Stop a deleted pod's process (it may take seconds: the loop goes on meanwhile)."""
+        if process.pid is not None and pid_alive(process.pid):
+            await asyncio.to_thread(process.stop)
+        self._free.append(process.address)
+        self.event(f"pod {process.namespace}/{process.name} deleted: its process is stopped")
 
     # --- NodePort services -----------------------------------------------------------
 

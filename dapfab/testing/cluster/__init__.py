@@ -1,4 +1,5 @@
-"""The lab's Kubernetes cluster: an API server the real kubectl accepts, and demo pods.
+"""The lab's Kubernetes cluster: an API server the real kubectl accepts, demo pods, and a
+Deployment controller whose pods are demo web processes too.
 
 Start it with ``python3 -m dapfab.testing.cluster --state-dir DIR --address ADDR``; it
 writes ``DIR/kubeconfig`` and then ``DIR/ready``. ``restart_pod(DIR, "web")`` restarts a

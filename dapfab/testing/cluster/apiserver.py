@@ -1,12 +1,12 @@
 """A small Kubernetes API server that the real kubectl accepts (HTTPS, bearer token).
 
-Serves ``/version`` (minor 32), legacy discovery (``/api``, ``/apis``, ``/api/v1``), the
-OpenAPI v3 documents ``apply`` needs, CRUD on the core/v1 and apps/v1 kinds in
-``resources.KINDS`` (Tables for ``kubectl get``, plain lists otherwise; apply-patch,
-strategic/merge/JSON-merge and JSON patches; a workload's ``scale`` and ``status``),
-``SelfSubjectAccessReview`` (:mod:`.access`), pod logs (``follow`` too), pod port-forward (SPDY/3.1; the WebSocket variant is
-refused so kubectl falls back) and pod exec/attach (WebSocket v5, SPDY fallback:
-:mod:`.remotecommand`). Every request is recorded in ``requests.log`` as one JSON
+Serves ``/version`` (minor 32), legacy discovery (:mod:`.discovery`), the OpenAPI v3
+documents ``apply`` needs, CRUD on the core/v1 and apps/v1 kinds in ``resources.KINDS``
+(Tables for ``kubectl get``, plain lists otherwise; apply-patch, strategic merge, JSON
+merge and JSON patches; a workload's ``scale`` and ``status``), ``SelfSubjectAccessReview``
+(:mod:`.access`), pod logs (``follow`` too), pod port-forward (SPDY/3.1, plain or inside a
+WebSocket: :mod:`.websocket`) and pod exec/attach (WebSocket v5 or v4, SPDY/3.1:
+:mod:`.remotecommand`). The controllers that act on Deployments live in :mod:`.controller`. Every request is recorded in ``requests.log`` as one JSON
 line with ``token``: ``valid`` / ``invalid`` / ``missing`` (never the token itself).
 """
 

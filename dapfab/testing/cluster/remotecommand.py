@@ -3,7 +3,9 @@
 kubectl first asks for a WebSocket (``v5.channel.k8s.io``): every message is one channel
 byte and data; 0 stdin, 1 stdout, 2 stderr, 3 error (a ``metav1.Status`` in JSON when the
 command ends), 4 resize (``{"Width": W, "Height": H}``), and 255 closes a channel
-(``[255, 0]``: stdin reached its end). If the upgrade is refused it falls back to SPDY/3.1
+(``[255, 0]``: stdin reached its end). The Python ``kubernetes`` client asks for
+``v4.channel.k8s.io`` (before 32.0 only for it): the same channels without 255. If the
+upgrade is refused kubectl falls back to SPDY/3.1
 (``v4.channel.k8s.io``): one SPDY stream per channel, named by its ``streamtype`` header,
 stdin's end a FIN, the status written on the error stream. With ``tty=true`` the command
 gets a real pty (stdout only; resize events change its window size).

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from dapfab.testing.waiting import wait_until
+
 pytestmark = pytest.mark.lab
 
 PROJECT = Path(__file__).resolve().parents[1] / "example_runbook"
@@ -38,6 +40,8 @@ def lab_config(lab, tmp_path) -> Iterator[Path]:
     # the lab's cluster lives for the whole session: leave it as other tests expect it
     gone = lab.run("runner", ["kubectl", "delete", "deploy,svc", "hello", "--ignore-not-found", "--wait"])
     assert gone.returncode == 0, gone.stderr
+    wait_until(lambda: not lab.run("runner", ["kubectl", "get", "rs,pods", "-l", "app=hello", "-o", "name"]).stdout,
+               timeout=20, what="the release's ReplicaSets and pods deleted")
 
 
 def runbook(config: Path, *tasks: str) -> subprocess.CompletedProcess[str]:

@@ -3,18 +3,21 @@
 
 Two runner configs with the same identity share SSH connections, whatever their VM,
 project or kubectl defaults. The identity is made of the raw settings (management host,
-gateway, key, known_hosts file, host-key policy, connect timeout) and the inode, size and
-modification time of the files that decide the hops and their keys (the ssh_config files
-Fabric reads, and known_hosts): an edited known_hosts (a new ``@revoked`` line) is a new
-identity, so a connection checked against the old file is never handed out again. Nothing
-here resolves ssh_config or imports paramiko or Fabric: computing an identity is a few
-``stat`` calls.
+gateway, key, known_hosts file, host-key policy, connect timeout) and the content of the
+files that decide the hops and their keys (the ssh_config files Fabric reads, and
+known_hosts): an edited known_hosts (a new ``@revoked`` line) is a new identity, so a
+connection checked against the old file is never handed out again, also when the edit kept
+the file's inode, size and modification time (a user can set the latter back; the content
+digest has no clock tick in which a second write goes unseen, as a change time has). Nothing
+here resolves ssh_config or imports paramiko or Fabric: computing an identity reads a few
+small files.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat as stat_module
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,17 +26,32 @@ from dapfab.compat import SSH_CONFIG_FILES
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
 
-FileStamp = tuple[str, int, int, int]  # path, inode, size, mtime in ns (zeros: missing)
+FileStamp = tuple[str, str]  # path, what it holds (see stamp)
 
 
 def stamp(path: str) -> FileStamp:
-    """``path`` with the inode, size and modification time that identify its content."""
+    """``path`` with what identifies its content: the SHA-256 of a regular file's bytes,
+    ``missing`` (or the error) when it cannot be opened, the file type of anything else
+    (``/dev/null``; a FIFO is never read)."""
     path = os.path.expanduser(path)
     try:
-        st = os.stat(path)
-    except OSError:
-        return (path, 0, 0, 0)
-    return (path, st.st_ino, st.st_size, st.st_mtime_ns)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return (path, "missing")
+    except OSError as exc:
+        return (path, f"error {exc.errno}")
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat_module.S_ISREG(mode):
+            return (path, f"type {stat_module.S_IFMT(mode):o}")
+        digest = hashlib.sha256()
+        while chunk := os.read(fd, 1 << 16):
+            digest.update(chunk)
+        return (path, digest.hexdigest())
+    except OSError as exc:
+        return (path, f"error {exc.errno}")
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)

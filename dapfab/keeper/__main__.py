@@ -1,4 +1,4 @@
-"""``python -m dapfab.keeper CONFIG_JSON``: run a keeper (started by dapfab itself)."""
+"""``python -m dapfab.keeper DIGEST`` (config on stdin): run a keeper (started by dapfab itself)."""
 
 import sys
 

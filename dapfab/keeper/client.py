@@ -130,15 +130,24 @@ def after_direct_call(config: RunnerConfig) -> None:
 
 
 def spawn(config: RunnerConfig) -> None:
-    """Start a keeper daemon for ``config`` (it exits at once if one already serves)."""
-    settings = json.dumps(dataclasses.asdict(config))
+    """Start a keeper daemon for ``config`` (it exits at once if one already serves).
+
+    The config travels on the daemon's stdin, never in its argv: every local user reads
+    ``/proc/PID/cmdline``, which shows only the identity's digest."""
+    settings = json.dumps(dataclasses.asdict(config)).encode()
     env = {name: value for name, value in os.environ.items()
            if name in KEEPER_ENV or name.startswith("LC_")}
-    subprocess.Popen(
-        [sys.executable, "-m", "dapfab.keeper", settings],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "dapfab.keeper", ConnectionIdentity.of(config).digest()],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True, close_fds=True, cwd="/", env=env,
     )
+    try:
+        daemon.stdin.write(settings)  # a few hundred bytes: the pipe's buffer takes them
+    except OSError:
+        pass  # it died at once: the next call finds no keeper and starts another
+    finally:
+        daemon.stdin.close()
 
 
 class _Output:

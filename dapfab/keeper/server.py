@@ -1,5 +1,5 @@
 """The keeper daemon (docs/design.md §12): one per connection identity, started by the
-first call that found none, as ``python -m dapfab.keeper CONFIG_JSON``.
+first call that found none, as ``python -m dapfab.keeper DIGEST`` with its config on stdin.
 
 It takes ``<digest>.lock`` (two keepers never serve one identity), listens on
 ``<digest>.sock``, and runs each client's command with its own pool of connections and
@@ -33,6 +33,7 @@ log = logging.getLogger("dapfab.keeper")
 
 ACCEPT_POLL = 0.5  # seconds between checks of the idle deadline
 GO_WAIT = 5.0  # seconds a client has to confirm a request the keeper accepted
+MAX_CONFIG = 1 << 16  # bytes of config on stdin
 
 
 class Keeper:
@@ -257,13 +258,29 @@ class Session:
 
 
 def main(argv: list[str]) -> int:
-    """Entry point: ``python -m dapfab.keeper CONFIG_JSON``."""
+    """Entry point: ``python -m dapfab.keeper DIGEST``, the config's JSON on stdin (never in
+    argv, which every local user can read); exits 2 if the config is not of that digest."""
     import json
 
     os.umask(0o077)
     os.chdir("/")
-    config = RunnerConfig(**json.loads(argv[0]))
+    settings = _read_stdin(MAX_CONFIG)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)  # the spawner's pipe is not held for the daemon's life
+    os.close(null)
+    config = RunnerConfig(**json.loads(settings))
+    if argv != [ConnectionIdentity.of(config).digest()]:
+        return 2  # a file changed since the spawner looked: the next call starts the right one
     return Keeper(config).serve()
+
+
+def _read_stdin(limit: int) -> bytes:
+    data = b""
+    while chunk := os.read(0, limit + 1 - len(data)):
+        data += chunk
+        if len(data) > limit:
+            raise ValueError("config too large")
+    return data
 
 
 if __name__ == "__main__":  # pragma: no cover - see __main__.py

@@ -114,3 +114,16 @@ def _check_peer(path: str) -> None:
         finally:
             child.kill()
             child.wait()
+
+
+def test_a_keeper_whose_config_is_not_of_its_digest_exits_without_serving(runtime):
+    """The digest in argv is the only thing ``ps`` shows: a keeper never serves under
+    another identity's name (the config came on stdin, after a file changed)."""
+    import json
+
+    settings = json.dumps({"ssh_host": "ops@mgmt", "known_hosts": str(runtime / "known_hosts")})
+    done = subprocess.run([sys.executable, "-m", "dapfab.keeper", "0" * 24], input=settings.encode(),
+                          env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)}, capture_output=True,
+                          timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert not (runtime / "dapfab").exists() or not list((runtime / "dapfab").iterdir())

@@ -84,16 +84,6 @@ def test_argv_stdin_and_exit_codes_arrive_exactly_through_the_keeper(lab, plugin
     assert sshd_logins(lab) == logins
 
 
-def test_captured_output_returns_at_once(lab):
-    """The keeper closes the passed descriptors before it sends the exit code, so
-    ``out=$(inv ...)`` does not wait for the keeper to exit."""
-    warm(lab)
-    script = f"out=$({' '.join(cli_argv('k8s.kubectl', '--', 'get', 'pods', '-o', 'name'))}); echo \"[$out]\""
-    done = subprocess.run(["bash", "-c", script], cwd=REPO, env=cli_env(lab, PERSIST),
-                          capture_output=True, timeout=30)
-    assert done.stdout == b"[pod/web]\n", done.stderr
-
-
 def stream(lab) -> tuple[subprocess.Popen, list[bytes]]:
     """``k8s.kubectl -- stream`` (a tick every 0.5 s) through the keeper; its lines.
 
@@ -356,3 +346,195 @@ def test_a_live_keeper_never_hides_a_broken_path_from_config_doctor(lab):
     doctor = cli(lab, "config.doctor")
     assert doctor.returncode == 255, doctor.stdout
     assert b"FAIL  management host" in doctor.stdout
+
+
+# -- issue 21: what a keeper shows, what it must notice, and the promises of §12 -------------
+def run_through(lab, command: str, persist: str = "60") -> subprocess.CompletedProcess:
+    """``command`` in the runner from a process of its own (run_in_runner, output not
+    hidden, no stdin), with ``dap.ssh.persist`` at ``persist``."""
+    code = ("import sys; from dapfab import run_in_runner; from dapfab.config import RunnerConfig; "
+            "sys.exit(run_in_runner(RunnerConfig.from_env(), sys.argv[1], in_stream=False, "
+            "warn=True).exited)")
+    return subprocess.run([sys.executable, "-c", code, command], cwd=REPO, capture_output=True,
+                          env=cli_env(lab, {"DAP_SSH_PERSIST": persist}), timeout=120)
+
+
+def lab_config(lab):
+    from dapfab.config import RunnerConfig
+
+    return RunnerConfig.from_env(cli_env(lab, PERSIST))
+
+
+def answering(config) -> int:
+    """The PID of the keeper that answers calls of ``config``'s identity (waits for one)."""
+    from dapfab.keeper import client
+
+    return wait_until(lambda: client.status(config), timeout=20, what="a keeper answering")
+
+
+def test_the_keepers_command_line_and_environment_show_no_config(lab):
+    """Every local user reads /proc/PID/cmdline: it names the identity's digest, nothing of
+    who the keeper talks to or how."""
+    from dapfab.identity import ConnectionIdentity
+
+    pid = warm(lab)
+    config = lab_config(lab)
+    argv = _read(f"/proc/{pid}/cmdline").split(b"\0")[:-1]
+    environ = _read(f"/proc/{pid}/environ")
+    assert argv[1:] == [b"-m", b"dapfab.keeper", ConnectionIdentity.of(config).digest().encode()]
+    secrets = [config.ssh_host, config.ssh_host.split("@")[-1], config.gateway, config.ssh_key,
+               config.vm_name, config.known_hosts]
+    assert [s for s in secrets if s.encode() in b"\0".join(argv) + environ] == []
+
+
+@pytest.fixture
+def stealthy_revocation(lab):
+    """The lab's known_hosts with a comment line that :func:`revoke` turns into an
+    ``@revoked`` line for mgmt's key in place: same inode, size and modification time."""
+    from pathlib import Path
+
+    known = Path(lab.known_hosts)
+    saved = known.read_bytes()
+    revoked = f"@revoked {lab.known_hosts_line('mgmt')}".encode()
+    known.write_bytes(saved + b"#" + b" " * (len(revoked) - 2) + b"\n")
+
+    def revoke() -> None:
+        before = os.stat(known)
+        with open(known, "r+b") as file:
+            file.seek(len(saved))
+            file.write(revoked)
+        os.utime(known, ns=(before.st_atime_ns, before.st_mtime_ns))
+        after = os.stat(known)
+        assert [(s.st_ino, s.st_size, s.st_mtime_ns) for s in (before, after)] == \
+            [(before.st_ino, before.st_size, before.st_mtime_ns)] * 2
+        assert known.read_bytes() == saved + revoked
+
+    try:
+        yield revoke
+    finally:
+        known.write_bytes(saved)
+
+
+def test_a_key_revoked_in_place_is_refused_at_the_next_call_through_the_keeper(
+    lab, stealthy_revocation
+):
+    """The keeper's connection was checked against the file before the edit: the next call
+    must not get it (docs/design.md §10)."""
+    warm(lab)
+    stealthy_revocation()
+    done = cli(lab, "k8s.kubectl", "--", "get", "pods", "-o", "name")
+    mgmt = lab.address("mgmt")
+    assert (done.returncode, done.stdout) == (255, b""), done.stderr
+    assert done.stderr.decode().startswith(
+        f"dapfab: ssh management host {mgmt}: host key of {mgmt} is REVOKED"), done.stderr
+
+
+def test_a_key_revoked_in_place_is_refused_at_the_next_call_in_the_process(
+    lab, runner_config, stealthy_revocation
+):
+    """The same for the process's own pool (no keeper): its idle connection is not reused."""
+    import dataclasses
+
+    from dapfab import run_in_runner
+    from dapfab.errors import HostKeyError
+
+    config = dataclasses.replace(runner_config, persist=0)
+    assert run_in_runner(config, "echo warm", hide=True, in_stream=False).stdout == "warm\n"
+    stealthy_revocation()
+    with pytest.raises(HostKeyError, match="is REVOKED") as refused:
+        run_in_runner(config, "echo again", hide=True, in_stream=False)
+    assert refused.value.exit_code == 255
+
+
+def test_a_command_longer_than_the_heartbeat_bound_runs_through_the_keeper(lab):
+    """13 s is past the 10 s a silent peer gets: the heartbeats keep the call alive."""
+    pid = warm(lab)
+    logins = sshd_logins(lab)
+    done = run_through(lab, "sleep 13; echo done")
+    assert (done.returncode, done.stdout) == (0, b"done\n"), done.stderr
+    assert sshd_logins(lab) == logins and lab.keepers() == [pid]  # it went through the keeper
+
+
+def test_the_keeper_outlives_a_call_longer_than_persist_and_waits_persist_after_it(lab):
+    """persist counts from the last client's leaving, and never while a call runs."""
+    persist = 4
+    assert run_through(lab, "true", str(persist)).returncode == 0  # starts the keeper
+    pid = answering(lab_config(lab))
+    first = run_through(lab, "echo a", str(persist))
+    logins = sshd_logins(lab)
+    second = run_through(lab, f"sleep {persist + 2}; echo b", str(persist))
+    assert [(d.returncode, d.stdout) for d in (first, second)] == [(0, b"a\n"), (0, b"b\n")], \
+        second.stderr
+    assert sshd_logins(lab) == logins  # both through the keeper's connection
+    time.sleep(persist / 3)
+    from dapfab.keeper import client
+
+    assert client.status(lab_config(lab)) == pid  # persist counts from the second call's end
+
+
+def test_a_captured_call_returns_while_the_keeper_lives_on(lab):
+    """``out=$(inv ...)`` waits for every holder of its pipe: the keeper's copy is closed
+    when the call ends, not when the keeper exits (60 s later). The keeper is started
+    without a captured call, whose wait would hide this one's."""
+    from dapfab.keeper import client
+
+    config = lab_config(lab)
+    client.spawn(config)
+    pid = answering(config)
+    script = f"out=$({' '.join(cli_argv('k8s.kubectl', '--', 'get', 'pods', '-o', 'name'))}); echo \"[$out]\""
+    started = time.monotonic()
+    done = subprocess.run(["bash", "-c", script], cwd=REPO, env=cli_env(lab, PERSIST),
+                          capture_output=True, timeout=120)
+    took = time.monotonic() - started
+    assert done.stdout == b"[pod/web]\n", done.stderr
+    assert took < 30, took  # half of persist: the keeper did not hold the pipe to its end
+    assert lab.keepers() == [pid], took
+
+
+def test_the_passed_descriptors_are_closed_before_the_exit_code_is_sent(lab):
+    """Ordering, not timing: when the exit code arrives, the keeper holds no copy of the
+    stdout/stderr it was passed (the client's socket still open), so a reader of those pipes
+    is at their end already."""
+    import dataclasses
+    import socket as socketlib
+
+    from dapfab.identity import ConnectionIdentity
+    from dapfab.keeper import place, wire
+
+    warm(lab)
+    config = lab_config(lab)
+    path = place.socket_path(place.directory(), ConnectionIdentity.of(config).digest())
+    (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe()
+    try:
+        with socketlib.socket(socketlib.AF_UNIX) as sock:
+            sock.connect(path)
+            reader = wire.Reader(sock)
+            wire.send(sock, {"op": "hello"})
+            assert reader.next(5)[0]["op"] == "hello"
+            wire.send(sock, {"op": "run", "config": dataclasses.asdict(config), "stdin": None,
+                             "command": "echo out; echo err >&2; exit 4"}, fds=[out_w, err_w])
+            os.close(out_w)
+            os.close(err_w)
+            out_w = err_w = -1
+            assert reader.next(5)[0]["op"] == "accepted"
+            wire.send(sock, {"op": "go"})
+            assert reader.next(30)[0] == {"op": "exit", "code": 4}
+            assert [_drain(out_r), _drain(err_r)] == [b"out\n", b"err\n"]
+    finally:
+        for fd in (out_r, out_w, err_r, err_w):
+            if fd >= 0:
+                os.close(fd)
+
+
+def _drain(fd: int) -> bytes:
+    """What the pipe holds, asserting its end is reached without waiting for a writer."""
+    os.set_blocking(fd, False)
+    data = b""
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            raise AssertionError(f"a writer still holds the pipe after {data!r}") from None
+        if not chunk:
+            return data
+        data += chunk

@@ -33,17 +33,19 @@ def _name(text: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
 
 
-def throwaway_certificate() -> tuple[bytes, ssl.SSLContext]:
-    """A fresh CA (PEM, for the kubeconfig) and a server context with a certificate that CA
-    signed for the loopback; the CA's key is gone when this returns."""
+def signed_pair(ca_name: str, server_name: str, addresses: list[str], dns_names: list[str],
+                days: int) -> tuple[x509.Certificate, x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A fresh CA and a server certificate it signed for ``addresses`` and ``dns_names``
+    (server auth only): ``(ca, server certificate, server key)``. The CA's key is dropped,
+    so nothing else can ever be signed by what trusts this CA."""
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    later = now + dt.timedelta(days=30)
+    later = now + dt.timedelta(days=days)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     usage = {name: False for name in ("content_commitment", "key_encipherment",
                                       "data_encipherment", "key_agreement", "encipher_only",
                                       "decipher_only")}
     ca = (x509.CertificateBuilder()
-          .subject_name(_name("dapfab k8s.proxy")).issuer_name(_name("dapfab k8s.proxy"))
+          .subject_name(_name(ca_name)).issuer_name(_name(ca_name))
           .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
           .not_valid_before(now).not_valid_after(later)
           .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
@@ -53,10 +55,10 @@ def throwaway_certificate() -> tuple[bytes, ssl.SSLContext]:
                          critical=False)
           .sign(ca_key, hashes.SHA256()))
     key = ec.generate_private_key(ec.SECP256R1())
-    names = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-             x509.IPAddress(ipaddress.ip_address("::1")), x509.DNSName("localhost")]
+    names = [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
+    names += [x509.DNSName(name) for name in dns_names]
     leaf = (x509.CertificateBuilder()
-            .subject_name(_name("localhost")).issuer_name(ca.subject)
+            .subject_name(_name(server_name)).issuer_name(ca.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now).not_valid_after(later)
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
@@ -64,7 +66,14 @@ def throwaway_certificate() -> tuple[bytes, ssl.SSLContext]:
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                            critical=False)
             .sign(ca_key, hashes.SHA256()))
-    del ca_key
+    return ca, leaf, key
+
+
+def throwaway_certificate() -> tuple[bytes, ssl.SSLContext]:
+    """A fresh CA (PEM, for the kubeconfig) and a server context with a certificate that CA
+    signed for the loopback; the CA's key is gone when this returns."""
+    ca, leaf, key = signed_pair("dapfab k8s.proxy", "localhost", ["127.0.0.1", "::1"],
+                                ["localhost"], days=30)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     pem = serialization.Encoding.PEM

@@ -85,6 +85,9 @@ KEYS: tuple[Key, ...] = (
     Key("kubectl.namespace", "DAP_KUBECTL_NAMESPACE", None, "kubectl --namespace", None,
         "--namespace"),
     Key("kubectl.context", "DAP_KUBECTL_CONTEXT", None, "kubectl --context", None, "--context"),
+    Key("kubectl.laptop_files", "DAP_KUBECTL_LAPTOP_FILES", True,
+        "ship laptop paths in kubectl's file arguments to the VM (true/false)", None,
+        "--no-laptop-files"),
 )
 KEYS_BY_PATH = {key.path: key for key in KEYS}
 KEYS_BY_FIELD = {key.field: key for key in KEYS if key.field}
@@ -269,6 +272,22 @@ def kubectl_defaults(
         None if namespace is None else validate_namespace(namespace),
         None if context is None else validate_context(context),
     )
+
+
+def laptop_files_default(
+    config: Any, *, runner: str | None = None, environ: Mapping[str, str] | None = None
+) -> bool:
+    """``dap.kubectl.laptop_files``: whether kubectl's file arguments name laptop paths
+    (docs/design.md §15); true unless set to false."""
+    value = resolve(config, runner=runner, environ=environ).value("kubectl.laptop_files")
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in ("true", "yes", "on", "1"):
+        return True
+    if word in ("false", "no", "off", "0"):
+        return False
+    raise ConfigError(f"invalid dap.kubectl.laptop_files {value!r}", hint="set it to true or false")
 
 
 # --------------------------------------------------------------------------- layering

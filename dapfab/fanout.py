@@ -22,9 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
-from dapfab.commands import kubectl_command
+from dapfab.commands import kubectl_argv, kubectl_command
 from dapfab.errors import DapError, shown
 from dapfab.execution import caller_stdin, hide_flags, run_command
+from dapfab.laptopfiles import stdin_for
 from dapfab.streams import read_chunk
 
 if TYPE_CHECKING:
@@ -266,10 +267,12 @@ def run_in_runners(
     timeout: float | None = None,
     out_stream: IO[Any] | None = None,
     err_stream: IO[Any] | None = None,
+    stdin_prefix: bytes = b"",
 ) -> dict[str, RunnerOutcome]:
     """Run ``command`` (or ``command[name]`` per runner) on every runner of ``runners``
     (name -> RunnerConfig), at most ``parallel`` at a time; an outcome per name, in the
-    order given (``.result`` is the :class:`~dapfab.result.Result`).
+    order given (``.result`` is the :class:`~dapfab.result.Result`). Every runner's stdin
+    starts with ``stdin_prefix`` (laptop files, docs/design.md §15).
 
     Without ``warn``, any failed runner (non-zero exit or a failed hop) raises
     :class:`FanOutError` carrying every outcome, once all are done. Ctrl-C or SIGTERM stop
@@ -284,8 +287,9 @@ def run_in_runners(
         out, err = printers(name, lock, hide, out_stream, err_stream)
         code = command if isinstance(command, str) else command[name]
         stdin = feed.reader(index) if feed is not None else False
+        given = stdin_for(stdin_prefix, stdin or None) if stdin_prefix else stdin
         try:
-            result = run_command(runners[name], code, hide=hide, in_stream=stdin, timeout=timeout,
+            result = run_command(runners[name], code, hide=hide, in_stream=given, timeout=timeout,
                                  out_stream=out, err_stream=err, abort=abort)  # type: ignore[arg-type]
             return result, result.exited
         finally:
@@ -312,17 +316,27 @@ def kubectl_in_runners(
     *,
     namespace: str | Mapping[str, str | None] | None = None,
     context: str | Mapping[str, str | None] | None = None,
+    laptop_files: bool = True,
     **options: Any,
 ) -> dict[str, RunnerOutcome]:
     """:func:`run_in_runners` for ``kubectl ARGS``; ``namespace``/``context`` may be one
-    value for all or a mapping per runner name."""
+    value for all or a mapping per runner name. With ``laptop_files``, every runner gets
+    the laptop files ARGS name (see :func:`dapfab.run.kubectl_in_runner`)."""
+    from dapfab import laptopfiles
 
     def pick(value: Any, name: str) -> Any:
         return value.get(name) if isinstance(value, Mapping) else value
 
-    commands = {name: kubectl_command(args, namespace=pick(namespace, name),
-                                      context=pick(context, name)) for name in runners}
-    return run_in_runners(runners, commands, **options)
+    files = laptopfiles.for_fan_out(args) if laptop_files else None
+    if files is None or not files.needed:
+        commands = {name: kubectl_command(args, namespace=pick(namespace, name),
+                                          context=pick(context, name)) for name in runners}
+        return run_in_runners(runners, commands, **options)
+    data = laptopfiles.bundle(files)
+    commands = {name: laptopfiles.runner_code(files, kubectl_argv(
+        files.args, namespace=pick(namespace, name), context=pick(context, name)), len(data), "")
+        for name in runners}
+    return run_in_runners(runners, commands, stdin_prefix=data, **options)
 
 
 def exit_code(outcomes: Mapping[str, RunnerOutcome]) -> int:

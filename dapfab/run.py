@@ -77,16 +77,67 @@ def kubectl_in_runner(
     *,
     namespace: str | None = None,
     context: str | None = None,
+    laptop_files: bool = True,
     **opts: Any,
 ) -> Result:
-    """Run ``kubectl`` in the runner with ``args`` exactly as given (see :func:`run_in_runner`)."""
+    """Run ``kubectl`` in the runner with ``args`` (see :func:`run_in_runner`).
+
+    With ``laptop_files`` (the default), file arguments that name existing laptop paths
+    (``-f deploy/``, ``-k``, ``--from-file``, ``cp``) are shipped to the VM and rewritten to
+    their VM paths, and ``cp POD:PATH LOCAL`` writes LOCAL here (docs/design.md §15); every
+    other word goes as given. Without a pty only.
+    """
+    from dapfab import laptopfiles
     from dapfab.commands import kubectl_command
 
     if isinstance(args, str):
         raise TypeError("args must be a sequence of strings, not one string")
-    code = kubectl_command(list(args), namespace=namespace, context=context)
+    files = laptopfiles.plan(list(args)) if laptop_files and not opts.get("pty") else None
     try:
+        if files is not None and files.needed:
+            return _kubectl_with_files(config, files, namespace, context, opts)
+        code = kubectl_command(list(args), namespace=namespace, context=context)
         return run_in_runner(config, code, **opts)
     except CommandError as err:
         err.hop = "kubectl"
         raise
+
+
+def _kubectl_with_files(config: RunnerConfig, files: Any, namespace: str | None,
+                        context: str | None, opts: dict[str, Any]) -> Result:
+    """kubectl with laptop files: the bundle goes in front of the command's stdin, the
+    command is ``sh/files.sh`` around kubectl; ``cp POD:PATH LOCAL`` is written here."""
+    from dapfab import laptopfiles
+    from dapfab.commands import incus_command, kubectl_argv
+    from dapfab.execution import caller_stdin, hide_flags
+    from dapfab.quoting import join
+
+    argv = kubectl_argv(files.args, namespace=namespace, context=context)
+    reference = join(argv)
+    dry, echo = bool(opts.pop("dry", False)), bool(opts.pop("echo", False))
+    warn = bool(opts.pop("warn", False))
+    data = laptopfiles.bundle(files)  # over the cap: exit 2 before anything is sent
+    if dry or echo:
+        print("\n".join(files.lines()), file=sys.stdout if dry else sys.stderr, flush=True)
+    if show_reference(incus_command(config, reference), dry=dry, echo=echo):
+        return Result(command=reference, exited=0)
+    nonce = laptopfiles.new_nonce()
+    code = laptopfiles.runner_code(files, argv, len(data), nonce)
+    opts["in_stream"] = laptopfiles.stdin_for(data, caller_stdin(opts.get("in_stream")))
+    sink = None
+    if files.fetch is not None and not hide_flags(opts.get("hide"))[0]:
+        sink = laptopfiles.FetchSink(nonce, opts.get("out_stream") or sys.stdout)
+        opts["out_stream"] = sink
+    result = run_in_runner(config, code, warn=True, **opts)
+    result.command = reference
+    if files.fetch is not None:
+        fetched = sink.fetched if sink is not None else None
+        if sink is None:
+            result.stdout_bytes, fetched = laptopfiles.split_fetched(result.stdout_bytes, nonce)
+        if result.exited == 0 and fetched is not None:
+            laptopfiles.receive(files.fetch, fetched)
+    if result.exited != 0 and not warn:
+        raise CommandError(
+            f"command exited with {result.exited}", exit_code=result.exited, result=result
+        )
+    return result

@@ -29,6 +29,7 @@ MARKERS = {
     "listener": ("forward_report.sh", "stdout: <inode> of the forward's listening socket"),
     "curl": ("curl.sh", "stderr: <curl exit code>, then the header dump"),
     "socket": ("api_proxy.sh", "stdout: <path> of kubectl proxy's socket, each time it serves"),
+    "files": ("files.sh", "stdout: <nonce>, then a tar of what `kubectl cp POD:PATH LOCAL` wrote"),
 }
 MARKER_START = b"\0dapfab-"
 

@@ -35,6 +35,8 @@ from dapfab.tasks.edge import (
         "context": CONTEXT_HELP,
         "runner": RUNNER_HELP,
         "parallel": PARALLEL_HELP,
+        "no_laptop_files": "pass file arguments (-f, -k, --from-file, cp) to kubectl as VM "
+        "paths instead of shipping the laptop's files (dap.kubectl.laptop_files: false)",
         "args": "for Python callers only: kubectl(c, args=[...]); on the command line put "
         "kubectl's arguments after `--`, where they arrive byte for byte",
     },
@@ -46,14 +48,17 @@ def kubectl(
     context: str | None = None,
     runner: str | None = None,
     parallel: str | None = None,
+    no_laptop_files: bool = False,
     args: list[str] | None = None,
 ) -> None:
     """Run kubectl in the runner VM: inv k8s.kubectl [-n NS] -- ARGS...
 
     kubectl's arguments go after `--` (without it Invoke says "No idea what 'get' is!").
     stdout/stderr stream, stdin passes through (`apply -f -`), the exit code is kubectl's;
-    on a terminal, `exec -it`, `edit` and `attach` get a pty.
+    on a terminal, `exec -it`, `edit` and `attach` get a pty. File arguments that name
+    laptop paths (-f deploy/, -k, --from-file, cp) are shipped to the VM.
     """
+    from dapfab.config import laptop_files_default
     from dapfab.errors import CommandError
     from dapfab.run import kubectl_in_runner
     from dapfab.terminal import on_terminal, wants_pty
@@ -65,14 +70,17 @@ def kubectl(
     if names is not None and len(names) > 1:
         if wants_pty(words):
             single_runner(names, "a terminal session (exec -it, edit, attach)")
-        _kubectl_fan_out(c, names, words, namespace, context, parallel)
+        laptop = not no_laptop_files and laptop_files_default(c.config, runner=names[0])
+        _kubectl_fan_out(c, names, words, namespace, context, parallel, laptop)
         return
     call = resolve_call(c, names[0] if names else None, namespace, context)
     pty = wants_pty(words) and on_terminal()
+    laptop = not no_laptop_files and laptop_files_default(c.config,
+                                                          runner=names[0] if names else None)
     try:
         kubectl_in_runner(
             call.config, words, namespace=call.namespace, context=call.context, pty=pty,
-            **run_options(c),
+            laptop_files=laptop, **run_options(c),
         )
     except CommandError as err:
         # kubectl (or bash) already said why on stderr: pass its exit code through; when
@@ -92,21 +100,28 @@ def kubectl(
 
 
 def _kubectl_fan_out(c: Context, names: list[str], words: list[str], namespace: str | None,
-                     context: str | None, parallel: str | None) -> None:
+                     context: str | None, parallel: str | None, laptop_files: bool) -> None:
     """``k8s.kubectl`` on several runners at once: prefixed lines, a summary, the exit code
-    of the first runner (in order) that failed."""
-    from dapfab.commands import incus_command, kubectl_command
+    of the first runner (in order) that failed. Laptop files go to every runner."""
+    from dapfab import laptopfiles
+    from dapfab.commands import incus_command, kubectl_argv
     from dapfab.fanout import run_in_runners
+    from dapfab.quoting import join
 
     calls = {name: resolve_call(c, name, namespace, context) for name in names}
-    commands = {name: kubectl_command(words, namespace=call.namespace, context=call.context)
-                for name, call in calls.items()}
-    references = [f"[{name}] {incus_command(call.config, commands[name])}"
+    files = laptopfiles.for_fan_out(words) if laptop_files else laptopfiles.Plan(list(words))
+    argvs = {name: kubectl_argv(files.args, namespace=call.namespace, context=call.context)
+             for name, call in calls.items()}
+    data = laptopfiles.bundle(files) if files.needed else b""
+    references = [f"[{name}] {incus_command(call.config, join(argvs[name]))}"
                   for name, call in calls.items()]
-    if announce(c, "\n".join(references)):
+    if announce(c, "\n".join(files.lines() + references)):
         return
+    commands = {name: laptopfiles.runner_code(files, argv, len(data), "")
+                if files.needed else join(argv) for name, argv in argvs.items()}
     outcomes = run_in_runners({name: call.config for name, call in calls.items()}, commands,
-                              parallel=fan_out_parallel(c, parallel), warn=True)
+                              parallel=fan_out_parallel(c, parallel), warn=True,
+                              stdin_prefix=data)
     _finish_fan_out(outcomes)
 
 

@@ -33,6 +33,8 @@ PLUGINS = {
     "kubectl-lf_read": "#!/bin/bash\nprintf 'arg %s\\n' \"$@\"\n"
     "for a; do v=${a#*=}; v=${v#*=}; [ -e \"$v\" ] && find \"$v\" -type f -exec sha256sum {} +; done; true\n",
     # Reads the secret it was given, says so, and stays until stopped.
+    # The rest of its stdin, after the bundle.
+    "kubectl-lf_stdin": "#!/bin/bash\ncat\n",
     "kubectl-lf_hold": "#!/bin/bash\nf=${1#*=}; f=${f#*=}\nsha256sum \"$f\"\necho ready\nexec sleep 60\n",
 }
 
@@ -213,12 +215,25 @@ def test_no_laptop_files_flag_and_config_key_turn_it_off_and_dry_shows_it(cli, p
 
 
 def test_the_python_api_and_fan_out_ship_to_every_runner(runner_config, plugins, deploy, monkeypatch):
+    """kubectl_in_runner reads deploy/ relative to the current directory, the caller's
+    stdin follows the bundle, a captured cp is cut from stdout; every fan-out runner gets
+    the files."""
+    import io
+
     from dapfab.fanout import kubectl_in_runners
     from dapfab.run import kubectl_in_runner
 
     monkeypatch.chdir(deploy.parent)
     result = kubectl_in_runner(runner_config, ["lf_read", "-f", "deploy/"], hide=True, in_stream=False)
     assert sha_lines(result.stdout) == laptop_shas(deploy)
+    result = kubectl_in_runner(runner_config, ["lf_stdin", "-f", "deploy/"], hide=True,
+                               in_stream=io.BytesIO(b"the caller's stdin\n"))
+    assert result.stdout == "the caller's stdin\n"
+    remote = f"web:/tmp/dapfab-api-{os.getpid()}.yaml"
+    kubectl_in_runner(runner_config, ["cp", f"deploy/{UNICODE}", remote], hide=True, in_stream=False)
+    result = kubectl_in_runner(runner_config, ["cp", remote, "back.yaml"], hide=True, in_stream=False)
+    assert b"dapfab-files" not in result.stdout_bytes
+    assert (deploy.parent / "back.yaml").read_bytes() == (deploy / UNICODE).read_bytes()
     outcomes = kubectl_in_runners({"one": runner_config, "two": runner_config},
                                   ["lf_read", "-f", "deploy/"], hide=True, in_stream=False)
     for outcome in outcomes.values():

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from dapfab.commands import validate_context, validate_namespace
 from dapfab.errors import CommandError, ConfigError, DapError, DapTimeout, Interrupted
+from dapfab.forward import READY_TIMEOUT
 from dapfab.keeper import place
 from dapfab.remote import protocol, scripts
 from dapfab.tls import throwaway_certificate
@@ -42,8 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dapfab.apiproxy")
 
-READY_TIMEOUT = 30.0
-RELAY_REFUSED = 111
 HEADER = ("# written by dapfab k8s.proxy: its own token, not the cluster's credentials; "
           "deleted when the proxy ends\n")
 NAME = re.compile(r"[A-Za-z0-9._-]{1,63}")
@@ -71,7 +70,7 @@ def dry_command(context: str | None = None) -> str:
 
 def relay_command(socket_path: str) -> str:
     """The VM's shell code for one laptop connection: stdin to ``socket_path`` and back."""
-    return scripts.program("relay_unix", socket_path, RELAY_REFUSED)
+    return scripts.program("relay_unix", socket_path, protocol.RELAY_REFUSED)
 
 
 def kubeconfig_text(name: str, server: str, token: str, namespace: str | None = None,

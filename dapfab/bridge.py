@@ -45,6 +45,7 @@ from dapfab.commands import validate_port
 from dapfab.errors import ConfigError
 from dapfab.gate import Refused, RequestGate
 from dapfab.remote import scripts
+from dapfab.remote.protocol import RELAY_NOT_OURS, RELAY_REFUSED
 from dapfab.tls import TlsConnection
 
 if TYPE_CHECKING:
@@ -58,8 +59,6 @@ HALF_CLOSED_IDLE = 30.0
 FIRST_REQUEST_TIMEOUT = 30.0  # a gated connection that sends no whole request head is closed
 
 
-RELAY_REFUSED = 111  # nothing listens on the runner port
-RELAY_NOT_OURS = 112  # the runner port is held by a socket other than the forward's kubectl
 
 
 def relay_command(port: int, listener: int | None = None) -> str:

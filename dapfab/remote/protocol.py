@@ -32,6 +32,9 @@ MARKERS = {
     "files": ("files.sh", "stdout: <nonce>, then a tar of what `kubectl cp POD:PATH LOCAL` wrote"),
 }
 MARKER_START = b"\0dapfab-"
+# Exit codes of the relay scripts (sh/relay.sh, sh/relay_unix.sh), given to them as arguments.
+RELAY_REFUSED = 111  # nothing listens on the runner port or socket
+RELAY_NOT_OURS = 112  # the runner port is held by a socket other than the forward's kubectl
 
 Sink = Callable[[bytes], None]
 

@@ -192,10 +192,6 @@ class LxdRunner(RunnerBackend):
         return _run([CLIENT, *args], what=what or f"lxc {' '.join(args[:2])}", timeout=timeout,
                     env=env, **kwargs)
 
-    def daemon_pid(self) -> int | None:
-        pid = self.lab.state().get("lxd")
-        return pid if _alive(pid) else None
-
     def _start_daemon(self) -> None:
         self.lxd_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
         lab = self.lab

@@ -40,7 +40,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from dapfab import compat
 from dapfab.commands import validate_port
 from dapfab.errors import ConfigError
 from dapfab.gate import Refused, RequestGate
@@ -226,11 +225,11 @@ class BridgedConnection:
         try:
             process.start()
             bridge._track(process)
-            channel = process.channel
-            while not compat.exit_status_event(channel).wait(0.25):
+            exited = process.exit_event()
+            while not exited.wait(0.25):
                 if self.broken.is_set() or bridge.closed.is_set():
                     break
-                if not process.link.transport.is_active() or channel.closed:
+                if process.broken():
                     self.fail("SSH connection lost")
                     break
                 if (
@@ -238,7 +237,7 @@ class BridgedConnection:
                     and time.monotonic() - self.last_activity > HALF_CLOSED_IDLE
                 ):
                     break
-            if compat.exit_status_event(channel).is_set():
+            if exited.is_set():
                 code = process.wait(10.0)
                 if code == RELAY_REFUSED and self.relay_stderr:
                     log.debug("relay: %s", self.relay_stderr.decode("utf-8", "replace").strip())

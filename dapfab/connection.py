@@ -413,6 +413,11 @@ class Link:
         return None
 
     @property
+    def hops(self) -> int:
+        """How many SSH connections this link is made of (gateways included)."""
+        return len(self._connections)
+
+    @property
     def alive(self) -> bool:
         """Whether every hop of this connection is still up."""
         return all(c.transport is not None and c.transport.is_active() for c in self._connections)
@@ -463,6 +468,11 @@ class Lease:
     channel: Any
     fresh: bool  # a new channel: the helper still has to be started on it
     keep: bool = False
+
+    def started(self, seconds: float) -> None:
+        """A new helper on this channel took ``seconds`` to start (the pool weighs waiting
+        for a session against starting another helper by it)."""
+        self.link.helper_start = seconds
 
 
 def _usable(channel: Any) -> bool:

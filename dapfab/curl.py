@@ -242,8 +242,8 @@ def runner_curl(
     with curl's exit code and message; the SSH and runner hops raise their own errors.
     ``abort`` (set from another thread, as fan-out does) stops the request.
     """
+    from dapfab.calls import run_command
     from dapfab.errors import DapTimeout
-    from dapfab.execution import run_command
 
     script, payload, timeout = _request(url, method, headers, data, timeout, insecure)
     try:

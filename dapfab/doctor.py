@@ -126,7 +126,7 @@ def check_hops(config: RunnerConfig) -> tuple[Check, Check]:
 
     try:
         with POOL.session(config) as (link, _channel):
-            hops = len(link._connections)
+            hops = link.hops
     except SSHError as err:
         check = from_error(MGMT, err)
         if err.hop.startswith("ssh gateway"):

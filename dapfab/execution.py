@@ -1,5 +1,6 @@
-"""How one command runs in the runner VM: :class:`RemoteProcess`, :class:`Result`, and
-:func:`run_command` (the public entry points are in :mod:`dapfab.run`).
+"""How one command runs in the runner VM: :class:`RemoteProcess` and the strategies it runs
+on (:class:`OneShot`, :class:`OnHelper`). Whether a call goes through a keeper instead is
+decided above this module, in :mod:`dapfab.calls`.
 
 Every command is a :class:`RemoteProcess`: one SSH session channel on a pooled connection,
 running the remote launcher (:mod:`dapfab.remote.launcher`). Output streams as it arrives in large
@@ -12,25 +13,18 @@ from __future__ import annotations
 import errno
 import io
 import logging
-import os
 import secrets
-import select
-import stat
-import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from dapfab import compat
 from dapfab.connection import POOL, Pool
 from dapfab.errors import DapError, DapTimeout, Interrupted, OutputClosed, RunnerError
-from dapfab.keeper import client as keeper
 from dapfab.remote import launcher
 from dapfab.remote.incus import EXIT_ERROR_LINES, runner_failure
 from dapfab.remote.protocol import MarkerScanner
-from dapfab.result import Result
-from dapfab.streams import read_chunk
+from dapfab.streams import Sink, read_chunk, reader_gone
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
@@ -42,8 +36,6 @@ QUIT_GRACE = 10.0  # seconds to wait for the remote tree to be gone after `q`
 # Only replies this small can be held back by the far side's Nagle (see Link.nudge); bulk
 # output arrives in full segments and needs no nudge.
 SMALL_REPLY = 4096
-
-Sink = Callable[[bytes], None]
 
 
 class _Heartbeats(threading.Thread):
@@ -91,28 +83,90 @@ def _heartbeats() -> _Heartbeats:
         return _HEARTBEATS
 
 
-class _OneShot:
-    """Strategy: the command gets a channel of its own running the one-shot launcher
-    (``sh/boot.sh``), with stdin streamed in frames; the SSH exit status is its exit code."""
+class Strategy:
+    """How a :class:`RemoteProcess` gets its command to the VM and learns its end.
+
+    The process calls the hooks in this order: :meth:`open` (a link and a channel),
+    :meth:`launch`, :meth:`started` once the expected prefix arrived, :meth:`stdout` /
+    :meth:`stderr` per chunk of output, :meth:`outputs_ended` when both pumps are done,
+    then :meth:`exit_code` once :meth:`done` is set; if that gives none, :meth:`retry` and
+    :meth:`failure` judge the channel's end; :meth:`release` last, always. Strategies use
+    only the process's public side (``config``, ``command``, ``in_stream``, ``send``,
+    ``write_stdout``, ``write_stderr``, ``emit_stderr``, ``pool``).
+    """
+
+    streams_stdin = False  # whether a pump streams the caller's stdin to the command
+    fresh = True  # whether the channel is new (the remote side still has to be started)
 
     def __init__(self, process: RemoteProcess) -> None:
         self.process = process
-        self.fresh = True
         self._session: Any = None
 
     def open(self) -> tuple[Any, Any]:
-        """A link and a new channel for the command."""
+        """A link and a channel for the command."""
+        raise NotImplementedError
+
+    def launch(self, channel: Any) -> bytes:
+        """Start the remote side on ``channel`` if needed and send the command; the prefix
+        expected on stdout before the command's own output."""
+        raise NotImplementedError
+
+    def started(self) -> None:
+        """The expected prefix arrived."""
+
+    def stdout(self, data: bytes) -> bool:
+        """Pass the command's stdout on; True when the command's output is complete."""
+        self.process.write_stdout(data)
+        return False
+
+    def stderr(self, data: bytes) -> bool:
+        """Pass the command's stderr on; True when the command's output is complete."""
+        self.process.emit_stderr(data)
+        return False
+
+    def outputs_ended(self) -> None:
+        """Both output pumps have ended (at the end markers or at the channel's EOF)."""
+
+    def done(self, channel: Any) -> threading.Event:
+        """Set once the command's outcome is known."""
+        return compat.exit_status_event(channel)
+
+    def exit_code(self) -> int | None:
+        """The exit code the protocol reported, or None to read the channel's exit status."""
+        return None
+
+    def retry(self, *, began: bool, connected: bool) -> Strategy | None:
+        """The strategy to run the command with again when the channel ended without an exit
+        code from :meth:`exit_code`, or None: the command may run once only."""
+        return None
+
+    def failure(self, code: int, *, began: bool, connected: bool) -> DapError | None:
+        """The error that a channel ending with exit status ``code`` means for this
+        strategy, or None to judge it as the one-shot launcher's status."""
+        return None
+
+    def release(self, *, clean: bool) -> None:
+        """Give the channel back; ``clean``: the command ended with an exit code."""
+        if self._session is not None:
+            session, self._session = self._session, None
+            session.__exit__(None, None, None)
+
+
+class OneShot(Strategy):
+    """The command gets a channel of its own running the one-shot launcher
+    (``sh/boot.sh``), with stdin streamed in frames; the SSH exit status is its exit code."""
+
+    def open(self) -> tuple[Any, Any]:
         self._session = self.process.pool.session(self.process.config)
         return self._session.__enter__()
 
-    def launch(self) -> bytes:
-        """Start the launcher and send it the command; the prefix expected on stdout."""
+    def launch(self, channel: Any) -> bytes:
         process = self.process
-        process.channel.exec_command(launcher.launch_command(process.config))
+        channel.exec_command(launcher.launch_command(process.config))
         try:
-            process._send(launcher.command_frame(process.command))
-            if process.in_stream is None:
-                process._send(launcher.EOF_FRAME)
+            process.send(launcher.command_frame(process.command))
+            if not self.streams_stdin:
+                process.send(launcher.EOF_FRAME)
         except OSError as exc:
             # The exec ended before reading its command (incus missing, VM gone): wait()
             # reports that hop from the exit status and stderr.
@@ -120,37 +174,12 @@ class _OneShot:
         return launcher.STARTED
 
     @property
-    def streams_stdin(self) -> bool:
-        """Whether a pump streams the caller's stdin to the command."""
+    def streams_stdin(self) -> bool:  # type: ignore[override]
         return self.process.in_stream is not None
 
-    def stdout(self, data: bytes) -> bool:
-        """Pass the command's stdout on; True when the command's output is complete."""
-        self.process.on_stdout(data)
-        return False
 
-    def stderr(self, data: bytes) -> bool:
-        """Pass the command's stderr on; True when the command's output is complete."""
-        self.process._emit_stderr(data)
-        return False
-
-    def done(self) -> threading.Event:
-        """Set once the command's outcome is known."""
-        return compat.exit_status_event(self.process.channel)
-
-    def exit_code(self) -> int | None:
-        """The exit code the protocol reported, or None to read the channel's exit status."""
-        return None
-
-    def release(self) -> None:
-        """Give the channel back (a helper's stays with the pool if it finished cleanly)."""
-        if self._session is not None:
-            session, self._session = self._session, None
-            session.__exit__(None, None, None)
-
-
-class _OnHelper(_OneShot):
-    """Strategy: the command and its whole stdin go as one request to a reusable helper
+class OnHelper(Strategy):
+    """The command and its whole stdin go as one request to a reusable helper
     (``sh/helper.sh``) on an idle channel, or on a new one; end markers carry the exit code."""
 
     def __init__(self, process: RemoteProcess, stdin: bytes, *, idle: bool) -> None:
@@ -168,30 +197,25 @@ class _OnHelper(_OneShot):
         self.fresh = self.lease.fresh
         return self.lease.link, self.lease.channel
 
-    def launch(self) -> bytes:
+    def launch(self, channel: Any) -> bytes:
         process = self.process
         prefix = b""
         if self.fresh:
             self._launched = time.monotonic()
-            process.channel.exec_command(launcher.launch_command(process.config, helper=True))
+            channel.exec_command(launcher.launch_command(process.config, helper=True))
             prefix = launcher.STARTED
         nonce = secrets.token_hex(8)
         out, err = launcher.end_markers(nonce)
-        self.ends = (MarkerScanner(out, process.on_stdout), MarkerScanner(err, process.on_stderr))
+        self.ends = (MarkerScanner(out, process.write_stdout), MarkerScanner(err, process.write_stderr))
         try:
-            process._send(launcher.request_frame(process.command, self.stdin, nonce))
+            process.send(launcher.request_frame(process.command, self.stdin, nonce))
         except OSError as exc:
             log.debug("request not sent, channel closed: %s", exc)
         return prefix + launcher.begin_marker(nonce)
 
-    @property
-    def streams_stdin(self) -> bool:
-        return False
-
     def started(self) -> None:
-        """The prefix arrived: record how long a new helper took to start."""
         if self.fresh:
-            self.process.link.helper_start = time.monotonic() - self._launched
+            self.lease.started(time.monotonic() - self._launched)
 
     def stdout(self, data: bytes) -> bool:
         return self.ends[0].feed(data) and b"\n" in self.ends[0].after
@@ -199,21 +223,45 @@ class _OnHelper(_OneShot):
     def stderr(self, data: bytes) -> bool:
         return self.ends[1].feed(data)
 
-    def done(self) -> threading.Event:
+    def outputs_ended(self) -> None:
+        self.ended.set()
+
+    def done(self, channel: Any) -> threading.Event:
         return self.ended
 
     def exit_code(self) -> int | None:
         out, err = self.ends
         if err.after is not None and b"\n" in (out.after or b""):
-            self.lease.keep = True
             return int(out.after.split(b"\n", 1)[0])
         return None
+
+    def retry(self, *, began: bool, connected: bool) -> Strategy | None:
+        # An idle helper that died before beginning the command (the VM restarted, its exec
+        # client was killed) never ran it: a new helper may.
+        if self.fresh or began or not connected:
+            return None
+        return OnHelper(self.process, self.stdin, idle=False)
+
+    def failure(self, code: int, *, began: bool, connected: bool) -> DapError | None:
+        if not (connected and began):
+            return None
+        return RunnerError(
+            f"the dapfab helper in VM {self.process.config.vm_name} ended during the command "
+            f"({f'exit {code}' if code >= 0 else 'killed'})",
+            hint="something on the management host or in the VM killed it; run the command again",
+        )
+
+    def release(self, *, clean: bool) -> None:
+        if self.lease is not None:
+            self.lease.keep = clean
+        super().release(clean=clean)
+
 
 class RemoteProcess:
     """One command running in the VM; the building block of every call.
 
-    The command runs either on the one-shot launcher (:class:`_OneShot`) or, with
-    ``reuse`` and a stdin known up front, on a reusable helper (:class:`_OnHelper`); both
+    The command runs either on the one-shot launcher (:class:`OneShot`) or, with
+    ``reuse`` and a stdin known up front, on a reusable helper (:class:`OnHelper`); both
     share the output pumps, the heartbeat and the error reporting here. Connections come
     from ``pool`` (the process-wide :data:`~dapfab.connection.POOL` by default).
 
@@ -238,8 +286,8 @@ class RemoteProcess:
         self.command = command
         self.pool = pool if pool is not None else POOL
         self.sinks = (on_stdout, on_stderr)
-        self.on_stdout = self._guarded(on_stdout, "stdout")
-        self.on_stderr = self._guarded(on_stderr, "stderr")
+        self.write_stdout = self._guarded(on_stdout, "stdout")
+        self.write_stderr = self._guarded(on_stderr, "stderr")
         # The first failed write to our own stdout/stderr (a reader that left): from then on
         # output is drained and dropped, and wait() stops the command and raises.
         self.output_error: DapError | None = None
@@ -249,8 +297,8 @@ class RemoteProcess:
         self._reading = threading.Event()  # cleared while paused (see pause())
         self._reading.set()
         helper_stdin = self._helper_stdin() if reuse else None
-        self.strategy: _OneShot = (
-            _OneShot(self) if helper_stdin is None else _OnHelper(self, helper_stdin, idle=True)
+        self.strategy: Strategy = (
+            OneShot(self) if helper_stdin is None else OnHelper(self, helper_stdin, idle=True)
         )
         self.link: Any = None
         self.channel: Any = None
@@ -260,6 +308,7 @@ class RemoteProcess:
         """Reset what one launch of the command tracks."""
         self.started = threading.Event()  # the expected prefix has arrived on stdout
         self.finished = False
+        self.clean = False  # the command ended with an exit code (a helper may be reused)
         self._prefix = launcher.STARTED
         self._early_stderr = bytearray()
         self._stderr_tail = bytearray()
@@ -272,7 +321,7 @@ class RemoteProcess:
         """Take a channel, start the launcher or helper there and send it the command."""
         self.link, self.channel = self.strategy.open()
         try:
-            self._prefix = self.strategy.launch()
+            self._prefix = self.strategy.launch(self.channel)
             pumps = [self._pump_stdout, self._pump_stderr]
             if self.strategy.streams_stdin:
                 pumps.append(self._pump_stdin)
@@ -310,7 +359,8 @@ class RemoteProcess:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _send(self, data: bytes) -> None:
+    def send(self, data: bytes) -> None:
+        """Send frames to the remote side (one sender at a time)."""
         # A memoryview: paramiko's sendall slices what is left after every 32 KiB packet,
         # which copies a 1 MiB frame 32 times over; slicing a view copies nothing.
         with self._send_lock:
@@ -319,14 +369,18 @@ class RemoteProcess:
     def ended(self) -> bool:
         """Whether the remote command has finished or its connection broke (or it never
         started)."""
-        channel, link = self.channel, self.link
+        channel = self.channel
         if channel is None:
             return True
-        return (
-            compat.exit_status_event(channel).is_set()
-            or channel.closed
-            or not link.transport.is_active()
-        )
+        return compat.exit_status_event(channel).is_set() or channel.closed or not self.connected
+
+    def exit_event(self) -> threading.Event:
+        """Set when the channel reported its exit status."""
+        return compat.exit_status_event(self.channel)
+
+    def broken(self) -> bool:
+        """Whether the channel closed or its connection dropped."""
+        return self.channel.closed or not self.connected
 
     def heartbeat(self) -> None:
         """Tell the launcher the caller is alive, unless the channel is busy with data."""
@@ -339,6 +393,7 @@ class RemoteProcess:
             pass
         finally:
             self._send_lock.release()
+
     # -- output ------------------------------------------------------------------------
     def _guarded(self, sink: Sink, name: str) -> Sink:
         """``sink`` that records a failed write instead of killing the pump thread."""
@@ -359,7 +414,7 @@ class RemoteProcess:
         not at the next log line)."""
         if running and self.output_error is None:
             for sink, name in zip(self.sinks, ("stdout", "stderr"), strict=True):
-                if _reader_gone(sink):
+                if reader_gone(sink):
                     self.output_error = _output_error(name, BrokenPipeError(errno.EPIPE, "Broken pipe"))
                     break
         if self.output_error is not None:
@@ -389,8 +444,7 @@ class RemoteProcess:
                 if len(head) < len(self._prefix):
                     continue
                 self.started.set()
-                if isinstance(self.strategy, _OnHelper):
-                    self.strategy.started()
+                self.strategy.started()
                 # A launcher that printed something else cannot happen; pass it all on then.
                 cut = len(self._prefix) if head.startswith(self._prefix) else 0
                 data, head = head[cut:], b""
@@ -422,10 +476,10 @@ class RemoteProcess:
         """Called by each output pump as it ends: at the end marker or at channel EOF."""
         with self._pumps_lock:
             self._pumps_running -= 1
-            if not self._pumps_running and isinstance(self.strategy, _OnHelper):
-                self.strategy.ended.set()
+            if not self._pumps_running:
+                self.strategy.outputs_ended()
 
-    def _emit_stderr(self, data: bytes) -> None:
+    def emit_stderr(self, data: bytes) -> None:
         """Pass the command's stderr on, holding back a last line that may be the exec
         server's own error for exit 126/127 (see :data:`EXIT_ERROR_LINES`)."""
         data = bytes(self._stderr_tail) + data
@@ -439,13 +493,13 @@ class RemoteProcess:
             self._stderr_tail = bytearray()
         if data:
             self._stderr_at_line_start = data.endswith(b"\n")
-            self.on_stderr(data)
+            self.write_stderr(data)
 
     def _finish_stderr(self, code: int) -> None:
         """Drop the exec server's error line that follows exit 126/127; flush anything else."""
         tail, self._stderr_tail = bytes(self._stderr_tail), bytearray()
         if tail and tail != EXIT_ERROR_LINES.get(code):
-            self.on_stderr(tail)
+            self.write_stderr(tail)
 
     def _pump_stdin(self) -> None:
         try:
@@ -453,64 +507,57 @@ class RemoteProcess:
                 chunk = read_chunk(self.in_stream)
                 if not chunk:
                     break
-                self._send(launcher.data_frame(chunk))
-            self._send(launcher.EOF_FRAME)
+                self.send(launcher.data_frame(chunk))
+            self.send(launcher.EOF_FRAME)
         except Exception as exc:  # channel closed under us: the command is ending anyway
             log.debug("stdin pump stopped: %s", exc)
 
     # -- completion --------------------------------------------------------------------
     def wait(self, timeout: float | None = None) -> int:
-        """Wait for the command; its exit code, or a DapError for a broken hop.
-
-        A command sent to an idle helper that died before it began (the VM restarted, its
-        exec client was killed) never ran: it is sent once more, to a new helper.
-        """
+        """Wait for the command; its exit code, or a DapError for a broken hop. A strategy
+        may run the command once more when it surely never began (:meth:`Strategy.retry`)."""
         while True:
-            self._wait_for(self.strategy.done(), timeout)
+            self._wait_for(self.strategy.done(self.channel), timeout)
             for thread in self._threads[:2]:
                 thread.join(30.0)  # EOF follows the exit status; the marker may still be queued
             self._check_output(running=False)
             code = self.strategy.exit_code()
             if code is not None:
-                self.finished = True
+                self.finished = self.clean = True
                 return code
             code = self.channel.recv_exit_status()  # -1: none came (a signal, a dead hop)
-            if not self._helper_never_began():
-                break
+            again = self.strategy.retry(began=self.started.is_set(), connected=self.connected)
+            if again is None:
+                return self._channel_outcome(code)
             log.debug("idle helper gone (exit %s); starting a new one", code)
-            self._release()
-            self.strategy = _OnHelper(self, self.strategy.stdin, idle=False)
-            self._new_attempt()
-            self.start()
-        return self._channel_outcome(code)
+            self._start_over(again)
 
-    def _helper_never_began(self) -> bool:
-        """Whether the command went to an idle helper that ended before beginning it."""
-        return (
-            isinstance(self.strategy, _OnHelper)
-            and not self.strategy.fresh
-            and not self.started.is_set()
-            and self.link.transport.is_active()
-        )
+    def _start_over(self, strategy: Strategy) -> None:
+        """Give the channel back and run the command again with ``strategy``."""
+        self._release()
+        self.strategy = strategy
+        self._new_attempt()
+        self.start()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection the command runs on is up."""
+        return self.link is not None and self.link.transport.is_active()
 
     def _channel_outcome(self, code: int) -> int:
         """The exit code from the channel's exit status ``code``, or the hop that broke."""
-        connected = self.link.transport.is_active()
-        if isinstance(self.strategy, _OnHelper) and connected and self.started.is_set():
-            raise RunnerError(
-                f"the dapfab helper in VM {self.config.vm_name} ended during the command "
-                f"({f'exit {code}' if code >= 0 else 'killed'})",
-                hint="something on the management host or in the VM killed it; run the "
-                "command again",
-            )
+        began = self.started.is_set()
+        failure = self.strategy.failure(code, began=began, connected=self.connected)
+        if failure is not None:
+            raise failure
         if code == -1:
             # No exit-status ever came: the channel closed because a hop died under it.
             raise self.link.lost_error()
-        if not self.started.is_set():
+        if not began:
             cfg = self.config
             raise runner_failure(code, bytes(self._early_stderr), incus=cfg.incus, vm_name=cfg.vm_name)
         if self._early_stderr:
-            self._emit_stderr(bytes(self._early_stderr))
+            self.emit_stderr(bytes(self._early_stderr))
             self._early_stderr.clear()
         self._finish_stderr(code)
         self.finished = True
@@ -527,7 +574,7 @@ class RemoteProcess:
                 self.link.nudge()
             interval = min(interval * 2, 0.1)
             self._check_output(running=True)
-            if not self.link.transport.is_active() or (
+            if not self.connected or (
                 self.channel.closed and not self.channel.exit_status_ready()
             ):
                 raise self.link.lost_error()
@@ -564,46 +611,7 @@ class RemoteProcess:
         hb = _HEARTBEATS
         if hb is not None:
             hb.discard(self)
-        self.strategy.release()
-
-
-def hide_flags(hide: Any) -> tuple[bool, bool]:
-    """Invoke's ``hide`` vocabulary: (hide stdout, hide stderr)."""
-    if hide in (None, False):
-        return False, False
-    if hide in (True, "both"):
-        return True, True
-    if hide in ("out", "stdout"):
-        return True, False
-    if hide in ("err", "stderr"):
-        return False, True
-    raise ValueError(f"hide must be None, True, 'out', 'err' or 'both', not {hide!r}")
-
-
-class _StreamSink:
-    """Writes output to one of our own streams (the terminal, a pipe, a file) as it comes."""
-
-    def __init__(self, stream: IO[Any]) -> None:
-        self.binary = getattr(stream, "buffer", stream)
-        try:
-            fd = stream.fileno()
-            self.pipe_fd: int | None = fd if stat.S_ISFIFO(os.fstat(fd).st_mode) else None
-        except (AttributeError, OSError, ValueError):
-            self.pipe_fd = None
-
-    def __call__(self, data: bytes) -> None:
-        self.binary.write(data)
-        self.binary.flush()
-
-
-def _reader_gone(sink: Sink) -> bool:
-    """Whether ``sink`` writes to a pipe whose reader has closed it (poll says POLLERR)."""
-    fd = getattr(sink, "pipe_fd", None)
-    if fd is None:
-        return False
-    poller = select.poll()
-    poller.register(fd, 0)
-    return any(event & (select.POLLERR | select.POLLNVAL) for _, event in poller.poll(0))
+        self.strategy.release(clean=self.clean)
 
 
 def _output_error(name: str, exc: OSError) -> DapError:
@@ -617,58 +625,3 @@ def _output_error(name: str, exc: OSError) -> DapError:
     )
 
 
-def caller_stdin(in_stream: Any) -> Any:
-    """The stdin a command gets: ``in_stream``; by default (None) this process's stdin,
-    unless that is a terminal or /dev/null (then none); ``False``: none."""
-    if in_stream is False:
-        return None
-    if in_stream is not None:
-        return in_stream
-    stdin = sys.stdin
-    if stdin is None or stdin.closed:
-        return None
-    try:
-        fd = stdin.fileno()
-        if os.isatty(fd) or os.path.samestat(os.fstat(fd), os.stat(os.devnull)):
-            return None
-    except (OSError, ValueError, AttributeError):
-        return None
-    return stdin
-
-
-def run_command(
-    config: RunnerConfig,
-    command: str,
-    *,
-    hide: Any = None,
-    in_stream: Any = None,
-    timeout: float | None = None,
-    out_stream: IO[Any] | None = None,
-    err_stream: IO[Any] | None = None,
-    abort: threading.Event | None = None,
-) -> Result:
-    """Run shell code in the VM without a pty and return its :class:`Result`, whatever its
-    exit code: the core of :func:`dapfab.run.run_in_runner` (which adds dry/echo, the pty
-    path and ``warn``). With ``config.persist``, through the connection's keeper if one is
-    alive (docs/design.md §12); a direct call starts one when it is done. Setting ``abort``
-    (from another thread) stops the command and raises Interrupted once it is gone."""
-    hide_out, hide_err = hide_flags(hide)
-    in_stream = caller_stdin(in_stream)
-    if config.persist:
-        result = keeper.run(config, command, hide_out=hide_out, hide_err=hide_err,
-                            in_stream=in_stream, timeout=timeout, out_stream=out_stream,
-                            err_stream=err_stream, abort=abort)
-        if result is not None:
-            return result
-    captured: dict[str, list[bytes]] = {"out": [], "err": []}
-    on_stdout = captured["out"].append if hide_out else _StreamSink(out_stream or sys.stdout)
-    on_stderr = captured["err"].append if hide_err else _StreamSink(err_stream or sys.stderr)
-    process = RemoteProcess(
-        config, command, on_stdout=on_stdout, on_stderr=on_stderr, in_stream=in_stream,
-        reuse=True, abort=abort,
-    )
-    with process:
-        code = process.wait(timeout)
-    if config.persist:
-        keeper.after_direct_call(config)
-    return Result(command, code, b"".join(captured["out"]), b"".join(captured["err"]))

@@ -22,11 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
+from dapfab.calls import run_command
 from dapfab.commands import kubectl_argv, kubectl_command
 from dapfab.errors import DapError, shown
-from dapfab.execution import caller_stdin, hide_flags, run_command
 from dapfab.laptopfiles import stdin_for
-from dapfab.streams import read_chunk
+from dapfab.streams import caller_stdin, hide_flags, read_chunk
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig

@@ -1,7 +1,7 @@
 """Running shell code and kubectl in the runner VM: :func:`run_in_runner` and
 :func:`kubectl_in_runner`, the public entry points (docs/design.md §3).
 
-Commands without a pty run through :func:`dapfab.execution.run_command`; with ``pty=True``
+Commands without a pty run through :func:`dapfab.calls.run_command`; with ``pty=True``
 through :func:`dapfab.terminal.run_with_pty`.
 """
 
@@ -11,8 +11,8 @@ import sys
 from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, Any
 
+from dapfab.calls import run_command
 from dapfab.errors import CommandError
-from dapfab.execution import run_command
 from dapfab.result import Result
 
 if TYPE_CHECKING:
@@ -109,8 +109,8 @@ def _kubectl_with_files(config: RunnerConfig, files: Any, namespace: str | None,
     command is ``sh/files.sh`` around kubectl; ``cp POD:PATH LOCAL`` is written here."""
     from dapfab import laptopfiles
     from dapfab.commands import incus_command, kubectl_argv
-    from dapfab.execution import caller_stdin, hide_flags
     from dapfab.quoting import join
+    from dapfab.streams import caller_stdin, hide_flags
 
     argv = kubectl_argv(files.args, namespace=namespace, context=context)
     reference = join(argv)

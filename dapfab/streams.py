@@ -1,11 +1,15 @@
-"""Reading a caller's stdin: whatever a stream has, in large chunks, with or without a
-file descriptor (the launcher's stdin frames, fan-out's feed, a keeper call's copier)."""
+"""The caller's streams: which stdin a command gets and reading it in large chunks (the
+launcher's stdin frames, fan-out's feed, a keeper call's copier), Invoke's ``hide``
+vocabulary, and writing output to a stream as it comes."""
 
 from __future__ import annotations
 
 import os
 import select
-from typing import Any
+import stat
+import sys
+from collections.abc import Callable
+from typing import IO, Any
 
 from dapfab.remote.launcher import MAX_FRAME
 
@@ -45,3 +49,64 @@ def read_chunk(stream: Any) -> bytes:
     read1 = getattr(stream, "read1", None)
     data = read1(MAX_FRAME) if read1 else stream.read(MAX_FRAME)
     return data.encode() if isinstance(data, str) else data
+
+
+Sink = Callable[[bytes], None]
+
+
+def hide_flags(hide: Any) -> tuple[bool, bool]:
+    """Invoke's ``hide`` vocabulary: (hide stdout, hide stderr)."""
+    if hide in (None, False):
+        return False, False
+    if hide in (True, "both"):
+        return True, True
+    if hide in ("out", "stdout"):
+        return True, False
+    if hide in ("err", "stderr"):
+        return False, True
+    raise ValueError(f"hide must be None, True, 'out', 'err' or 'both', not {hide!r}")
+
+
+def caller_stdin(in_stream: Any) -> Any:
+    """The stdin a command gets: ``in_stream``; by default (None) this process's stdin,
+    unless that is a terminal or /dev/null (then none); ``False``: none."""
+    if in_stream is False:
+        return None
+    if in_stream is not None:
+        return in_stream
+    stdin = sys.stdin
+    if stdin is None or stdin.closed:
+        return None
+    try:
+        fd = stdin.fileno()
+        if os.isatty(fd) or os.path.samestat(os.fstat(fd), os.stat(os.devnull)):
+            return None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return stdin
+
+
+class StreamSink:
+    """Writes output to one of our own streams (the terminal, a pipe, a file) as it comes."""
+
+    def __init__(self, stream: IO[Any]) -> None:
+        self.binary = getattr(stream, "buffer", stream)
+        try:
+            fd = stream.fileno()
+            self.pipe_fd: int | None = fd if stat.S_ISFIFO(os.fstat(fd).st_mode) else None
+        except (AttributeError, OSError, ValueError):
+            self.pipe_fd = None
+
+    def __call__(self, data: bytes) -> None:
+        self.binary.write(data)
+        self.binary.flush()
+
+
+def reader_gone(sink: Sink) -> bool:
+    """Whether ``sink`` writes to a pipe whose reader has closed it (poll says POLLERR)."""
+    fd = getattr(sink, "pipe_fd", None)
+    if fd is None:
+        return False
+    poller = select.poll()
+    poller.register(fd, 0)
+    return any(event & (select.POLLERR | select.POLLNVAL) for _, event in poller.poll(0))

@@ -88,9 +88,10 @@ def on_terminal() -> bool:
 def run_with_pty(config: RunnerConfig, command: str) -> Result:
     """Run ``command`` in the VM on a pty wired to this process's terminal; its Result
     (whatever the exit code)."""
+    from dapfab.calls import run_command
     from dapfab.connection import POOL
     from dapfab.errors import RunnerError
-    from dapfab.execution import RemoteProcess, run_command
+    from dapfab.execution import RemoteProcess
     from dapfab.result import Result
 
     config = dataclasses.replace(config, persist=0)  # a pty session keeps its own connection

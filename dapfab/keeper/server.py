@@ -24,10 +24,11 @@ from typing import Any
 from dapfab.config import RunnerConfig
 from dapfab.connection import Pool
 from dapfab.errors import DapError
-from dapfab.execution import RemoteProcess, _StreamSink
+from dapfab.execution import RemoteProcess
 from dapfab.identity import ConnectionIdentity
 from dapfab.keeper import place, wire
 from dapfab.remote.launcher import HEARTBEAT_TIMEOUT
+from dapfab.streams import StreamSink
 
 log = logging.getLogger("dapfab.keeper")
 
@@ -188,8 +189,8 @@ class Session:
         if got is None or got[0].get("op") != "go":
             return  # the client gave up before confirming: the command never runs
         process = RemoteProcess(
-            config, message["command"], on_stdout=_StreamSink(stdout),
-            on_stderr=_StreamSink(stderr), in_stream=in_stream, reuse=True, pool=self.keeper.pool,
+            config, message["command"], on_stdout=StreamSink(stdout),
+            on_stderr=StreamSink(stderr), in_stream=in_stream, reuse=True, pool=self.keeper.pool,
         )
         outcome: dict[str, Any] = {}
         done = threading.Event()

@@ -190,13 +190,13 @@ def test_runner_hop_failure_is_reported_even_when_the_channel_closed_before_the_
     from dapfab.execution import RemoteProcess
     from dapfab.testing.waiting import wait_until
 
-    real_send = RemoteProcess._send
+    real_send = RemoteProcess.send
 
     def late_send(self, data):
         wait_until(lambda: self.channel.closed, timeout=10, what="the channel to close")
         real_send(self, data)
 
-    monkeypatch.setattr(RemoteProcess, "_send", late_send)
+    monkeypatch.setattr(RemoteProcess, "send", late_send)
     direct = dataclasses.replace(runner_config, persist=0)  # this process's own channel
     lab.remove_incus()
     try:

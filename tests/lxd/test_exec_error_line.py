@@ -28,10 +28,10 @@ from dapfab.execution import RemoteProcess
 def test_dapfab_drops_only_the_servers_last_error_line(chunks, code, expected):
     proc = RemoteProcess.__new__(RemoteProcess)
     out: list[bytes] = []
-    proc.on_stderr = out.append
+    proc.write_stderr = out.append
     proc._stderr_tail, proc._stderr_at_line_start = bytearray(), True
     for chunk in chunks:
-        proc._emit_stderr(chunk)
+        proc.emit_stderr(chunk)
     proc._finish_stderr(code)
     assert b"".join(out) == expected
 

@@ -1,4 +1,6 @@
-"""The one connection factory: SSH to the management host (through a gateway), shared per config.
+"""The one connection factory: SSH to the management host (through a gateway), shared per
+connection identity (docs/design.md §10). What runs on the connections (helpers) is kept
+above this module, in :mod:`dapfab.helpers`.
 
 Fabric parses host strings and ssh_config (``ProxyJump`` included); dapfab adds what it lacks:
 host-key checking on every hop, connect timeouts on the gateway hop, ``TCP_NODELAY``, a
@@ -14,9 +16,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dapfab import compat
@@ -33,7 +34,6 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 MAX_SESSIONS = 10  # OpenSSH's default MaxSessions
 
-SESSION_WAIT_MIN = 2.0  # seconds a helper call may wait for a busy connection's session
 PACKET_FRAMING = 64  # bytes an SSH packet adds around channel data, at most (as paramiko counts)
 GATEWAY_READ = 1 << 24  # more than a channel's window: recv() then takes all that is there
 KEEPALIVE_INTERVAL = 5.0
@@ -282,10 +282,7 @@ class Link:
     def __init__(self, config: RunnerConfig, identity: ConnectionIdentity) -> None:
         self.config = config  # the settings it was opened with (any config of its identity)
         self.identity = identity
-        self.sessions = 0
-        # Helper channels between commands, per VM (a helper runs in one VM); each holds a
-        # session of this connection.
-        self.idle: dict[Instance, list[Any]] = {}
+        self._sessions = 0  # channels taken from the pool, idle helpers' included
         self.dead_reason: str | None = None
         self.dead_hop: str | None = None  # label of the hop whose keepalives went unanswered
         self._keepalives: list[Keepalive] = []
@@ -295,7 +292,6 @@ class Link:
         self._last_nudge = 0.0
         self.opened_at = 0.0
         self.open_seconds: float | None = None  # how long opening took, once open
-        self.helper_start: float | None = None  # how long the last new helper took to start
         self.open_error: Exception | None = None  # why opening failed, for those who waited
 
     def ensure_open(self) -> None:
@@ -401,16 +397,22 @@ class Link:
             compat.cap_packet_size(channel, compat.max_packet_size(outer.channel) - PACKET_FRAMING)
         return channel
 
-    def idle_channels(self) -> list[Any]:
-        """Every idle helper channel on this connection, whatever its VM."""
-        return [channel for channels in self.idle.values() for channel in channels]
+    def reserve(self) -> bool:
+        """Count a session for a new caller if the connection has room (``MAX_SESSIONS``);
+        whether it had. Called with the pool's lock held."""
+        if self._sessions >= MAX_SESSIONS:
+            return False
+        self._sessions += 1
+        return True
 
-    def drop_one_idle(self) -> Any:
-        """Take an idle helper channel (any VM's) off this connection, or None."""
-        for channels in self.idle.values():
-            if channels:
-                return channels.pop(0)
-        return None
+    def release(self) -> None:
+        """A session counted by :meth:`reserve` is given back (the pool's lock held)."""
+        self._sessions -= 1
+
+    @property
+    def sessions(self) -> int:
+        """How many sessions are counted on this connection."""
+        return self._sessions
 
     @property
     def hops(self) -> int:
@@ -460,115 +462,80 @@ class Link:
         self._connections.clear()
 
 
-@dataclass
-class Lease:
-    """A helper channel lent to one command; set ``keep`` to return it to the link's idle list."""
-
-    link: Link
-    channel: Any
-    fresh: bool  # a new channel: the helper still has to be started on it
-    keep: bool = False
-
-    def started(self, seconds: float) -> None:
-        """A new helper on this channel took ``seconds`` to start (the pool weighs waiting
-        for a session against starting another helper by it)."""
-        self.link.helper_start = seconds
-
-
-def _usable(channel: Any) -> bool:
-    return not compat.channel_spent(channel)
-
-
-def _worth_waiting_until(links: list[Link], since: float, config: RunnerConfig) -> float:
-    """Until when a helper call waits for a session on links that are all busy.
-
-    Twice what the alternative costs (opening a connection and starting a helper on it, as
-    measured on these links), at least :data:`SESSION_WAIT_MIN`, counted from when the wait
-    began or the link opened: a burst of short calls then queues for helpers that are about
-    to be free, and a call stuck behind long-running ones is delayed by a bounded amount.
-    While links are still opening: their connect timeout.
-    """
-    ends = [
-        max(since, link.opened_at)
-        + max(SESSION_WAIT_MIN, 2 * (link.open_seconds + (link.helper_start or link.open_seconds)))
-        for link in links
-        if link.open_seconds is not None
-    ]
-    return min(ends) if ends else since + float(config.connect_timeout)
-
-
-Instance = tuple[str, "str | None", str]  # (incus client, project, VM): where a helper runs
-
-
-def instance_of(config: RunnerConfig) -> Instance:
-    """The VM a config's commands run in, as the pool keeps its idle helpers."""
-    return (config.incus, config.project, config.vm_name)
-
-
 class Pool:
     """Connections shared by every call in the process, keyed by their
     :class:`~dapfab.identity.ConnectionIdentity` (runners behind one management host share
-    them); idle helpers are kept per VM within a connection.
+    them).
 
-    Each connection carries at most ``MAX_SESSIONS`` channels, idle helper channels included;
-    an idle helper gives up its session when a command needs the room. A helper command
-    that finds every session busy waits a bounded time for one (see
-    :func:`_worth_waiting_until`) before it opens another connection: a burst of short
-    calls then reuses helpers instead of paying a connection and an ``incus exec`` each.
+    Each connection carries at most ``MAX_SESSIONS`` channels. Something that keeps
+    sessions while they are idle (the helper pool, :mod:`dapfab.helpers`) registers with
+    :meth:`add_holder` and gives one up when a caller needs the room.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, link_factory: Callable[[RunnerConfig, ConnectionIdentity], Link] = Link) -> None:
         self._links: dict[ConnectionIdentity, list[Link]] = {}
-        self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)  # a session freed, a link opened
+        # A session freed, a link opened; its lock guards the links and their session counts
+        # (and the holders' idle sessions: they use it too).
+        self.changed = threading.Condition(threading.Lock())
+        self._holders: list[Callable[[Link], Any]] = []
+        self._new_link = link_factory  # the seam the root-free unit tests use
         self.opened = 0
 
-    def _take(self, config: RunnerConfig, *, idle: bool) -> tuple[Link, Any]:
-        """A link with a session reserved for the caller, and an idle helper channel
-        (when ``idle`` and one is there) or None."""
+    def add_holder(self, give_up: Callable[[Link], Any]) -> None:
+        """Register something that keeps sessions while idle: ``give_up(link)`` (called
+        with :attr:`changed` held) hands one of ``link``'s over to a new caller and returns
+        what to close, or returns None."""
+        self._holders.append(give_up)
+
+    def holds(self, link: Link) -> bool:
+        """Whether ``link`` is still one of the pool's (call with :attr:`changed` held)."""
+        return link in self._links.get(link.identity, [])
+
+    def take(
+        self,
+        config: RunnerConfig,
+        *,
+        prefer: Callable[[list[Link], list[Any]], tuple[Link, Any] | None] | None = None,
+        wait_until: Callable[[list[Link], float], float] | None = None,
+    ) -> tuple[Link, Any]:
+        """A link with a session reserved for the caller, and what ``prefer`` offered.
+
+        Under the pool's lock, each round: ``prefer(links, retired)`` may hand over a
+        session it holds (with its channel); else a link with a free session; else a
+        holder's idle session changes hands; else, with ``wait_until(links, since)``, wait
+        until then for room; else a new link. What lands in ``retired`` is closed after.
+        """
         if config.is_placeholder:
             raise ConfigError(
                 f"no management host configured (dap.runner.ssh_host is the placeholder "
                 f"{config.ssh_host})",
                 hint="run `inv config.init` or set DAP_RUNNER_SSH_HOST",
             )
-        retired = []
+        retired: list[Any] = []
         since = time.monotonic()
-        identity, instance = ConnectionIdentity.of(config), instance_of(config)
+        identity = ConnectionIdentity.of(config)
         try:
-            with self._lock:
+            with self.changed:
                 while True:
                     links = self._links.setdefault(identity, [])
                     for link in list(links):
                         if not link.alive:
                             links.remove(link)
                             retired.append(link)
-                    if idle:
-                        for link in links:
-                            spare = link.idle.get(instance, [])
-                            while spare:
-                                channel = spare.pop()
-                                if _usable(channel):
-                                    return link, channel
-                                retired.append(channel)
-                                link.sessions -= 1
-                    for link in links:
-                        if link.sessions < MAX_SESSIONS:
-                            link.sessions += 1
-                            return link, None
-                    for link in links:
-                        spare = link.drop_one_idle()
-                        if spare is not None:  # the session of an idle helper changes hands
-                            retired.append(spare)
-                            return link, None
-                    if not idle or not links:
+                    offered = prefer(links, retired) if prefer else None
+                    if offered is not None:
+                        return offered
+                    got = self._room(links, retired)
+                    if got is not None:
+                        return got, None
+                    if wait_until is None or not links:
                         break
-                    left = _worth_waiting_until(links, since, config) - time.monotonic()
+                    left = wait_until(links, since) - time.monotonic()
                     if left <= 0:
                         break
-                    self._changed.wait(left)
-                link = Link(config, identity)
-                link.sessions = 1
+                    self.changed.wait(left)
+                link = self._new_link(config, identity)
+                link.reserve()
                 links.append(link)
                 self.opened += 1
                 return link, None
@@ -576,86 +543,55 @@ class Pool:
             for item in retired:
                 item.close()
 
-    def _open(self, link: Link) -> Any:
+    def _room(self, links: list[Link], retired: list[Any]) -> Link | None:
+        """A link with a session for the caller: a free one, or a holder's idle one."""
+        for link in links:
+            if link.reserve():
+                return link
+        for link in links:
+            for give_up in self._holders:
+                spare = give_up(link)
+                if spare is not None:  # the session changes hands
+                    retired.append(spare)
+                    return link
+        return None
+
+    def open_channel(self, link: Link) -> Any:
         """Connect ``link`` if needed (dropping it from the pool if that fails); a new channel."""
         try:
             link.ensure_open()
         except BaseException:
-            with self._lock:
-                if link in self._links.get(link.identity, []):
+            with self.changed:
+                if self.holds(link):
                     self._links[link.identity].remove(link)
-                self._changed.notify_all()
+                self.changed.notify_all()
             raise
-        with self._lock:
-            self._changed.notify_all()
+        with self.changed:
+            self.changed.notify_all()
         return link.open_session()
 
-    def _give_back(self, link: Link, channel: Any, keep: Instance | None) -> None:
-        """Return a session; with ``keep`` (its VM), the channel stays as an idle helper."""
-        with self._lock:
-            self._changed.notify_all()
-            mine = link in self._links.get(link.identity, [])
-            if keep and link.alive and _usable(channel) and mine:
-                link.idle.setdefault(keep, []).append(channel)
-                return
-            link.sessions -= 1
+    def give_back(self, link: Link, channel: Any) -> None:
+        """Return a session taken with :meth:`take` and close its channel."""
+        with self.changed:
+            link.release()
+            self.changed.notify_all()
         if channel is not None:
             channel.close()
 
     @contextmanager
     def session(self, config: RunnerConfig) -> Iterator[tuple[Link, Any]]:
         """A session channel to the management host; closed and given back on exit."""
-        link, _ = self._take(config, idle=False)
+        link, _ = self.take(config)
         channel = None
         try:
-            channel = self._open(link)
+            channel = self.open_channel(link)
             yield link, channel
         finally:
-            self._give_back(link, channel, keep=None)
-
-    @contextmanager
-    def helper(self, config: RunnerConfig, *, idle: bool = True) -> Iterator[Lease]:
-        """A channel for a helper command: an idle one if the pool has it (and ``idle``),
-        else a new one."""
-        link, channel = self._take(config, idle=idle)
-        lease = None
-        try:
-            lease = Lease(link, channel, fresh=channel is None)
-            if lease.fresh:
-                lease.channel = self._open(link)
-            yield lease
-        finally:
-            keep = instance_of(config) if lease and lease.keep else None
-            self._give_back(link, lease.channel if lease else channel, keep=keep)
-
-    def send_idle(self, frame: bytes) -> None:
-        """Send ``frame`` (a heartbeat) to every idle helper that can take it at once."""
-        with self._lock:
-            channels = [c for group in self._links.values() for link in group for c in link.idle_channels()]
-            for channel in channels:
-                try:
-                    if channel.send_ready():
-                        channel.sendall(frame)
-                except Exception:  # a closing channel: _take drops it
-                    pass
-
-    def drop_idle(self) -> None:
-        """Close every idle helper, so that the next call starts a fresh one: for a caller
-        about to end dapfab's processes in the VMs (the test lab's reset does)."""
-        with self._lock:
-            spare = []
-            for link in (link for group in self._links.values() for link in group):
-                for channels in link.idle.values():
-                    spare += channels
-                    link.sessions -= len(channels)
-                    channels.clear()
-            self._changed.notify_all()
-        for channel in spare:
-            channel.close()
+            self.give_back(link, channel)
 
     def close_all(self) -> None:
         """Close every connection (registered at exit)."""
-        with self._lock:
+        with self.changed:
             links = [link for group in self._links.values() for link in group]
             self._links.clear()
         for link in links:

@@ -19,8 +19,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from dapfab import compat
-from dapfab.connection import POOL, Pool
 from dapfab.errors import DapError, DapTimeout, Interrupted, OutputClosed, RunnerError
+from dapfab.helpers import HELPERS, HelperPool
 from dapfab.remote import launcher
 from dapfab.remote.incus import EXIT_ERROR_LINES, runner_failure
 from dapfab.remote.protocol import MarkerScanner
@@ -45,14 +45,14 @@ class _Heartbeats(threading.Thread):
     def __init__(self) -> None:
         super().__init__(name="dapfab-heartbeat", daemon=True)
         self.processes: set[RemoteProcess] = set()
-        self.pools: set[Pool] = set()
+        self.pools: set[HelperPool] = set()
         self.lock = threading.Lock()
 
     def add(self, process: RemoteProcess) -> None:
         """Keep ``process`` (and its pool's idle helpers) alive until :meth:`discard`."""
         with self.lock:
             self.processes.add(process)
-            self.pools.add(process.pool)
+            self.pools.add(process.helpers)
 
     def discard(self, process: RemoteProcess) -> None:
         """Stop the heartbeats of ``process`` (its pool's idle helpers keep theirs)."""
@@ -92,7 +92,7 @@ class Strategy:
     then :meth:`exit_code` once :meth:`done` is set; if that gives none, :meth:`retry` and
     :meth:`failure` judge the channel's end; :meth:`release` last, always. Strategies use
     only the process's public side (``config``, ``command``, ``in_stream``, ``send``,
-    ``write_stdout``, ``write_stderr``, ``emit_stderr``, ``pool``).
+    ``write_stdout``, ``write_stderr``, ``emit_stderr``, ``helpers``).
     """
 
     streams_stdin = False  # whether a pump streams the caller's stdin to the command
@@ -157,7 +157,7 @@ class OneShot(Strategy):
     (``sh/boot.sh``), with stdin streamed in frames; the SSH exit status is its exit code."""
 
     def open(self) -> tuple[Any, Any]:
-        self._session = self.process.pool.session(self.process.config)
+        self._session = self.process.helpers.connections.session(self.process.config)
         return self._session.__enter__()
 
     def launch(self, channel: Any) -> bytes:
@@ -192,7 +192,7 @@ class OnHelper(Strategy):
         self._launched = 0.0
 
     def open(self) -> tuple[Any, Any]:
-        self._session = self.process.pool.helper(self.process.config, idle=self.idle)
+        self._session = self.process.helpers.lease(self.process.config, idle=self.idle)
         self.lease = self._session.__enter__()
         self.fresh = self.lease.fresh
         return self.lease.link, self.lease.channel
@@ -262,8 +262,9 @@ class RemoteProcess:
 
     The command runs either on the one-shot launcher (:class:`OneShot`) or, with
     ``reuse`` and a stdin known up front, on a reusable helper (:class:`OnHelper`); both
-    share the output pumps, the heartbeat and the error reporting here. Connections come
-    from ``pool`` (the process-wide :data:`~dapfab.connection.POOL` by default).
+    share the output pumps, the heartbeat and the error reporting here. Helpers and
+    connections come from ``helpers`` (the process-wide :data:`~dapfab.helpers.HELPERS` on
+    :data:`~dapfab.connection.POOL` by default).
 
     Use as a context manager: on exit, however it exits, the remote process tree is killed
     (if still running) and gone before ``__exit__`` returns.
@@ -278,13 +279,13 @@ class RemoteProcess:
         on_stderr: Sink,
         in_stream: Any = None,
         reuse: bool = False,
-        pool: Pool | None = None,
+        helpers: HelperPool | None = None,
         abort: threading.Event | None = None,
     ) -> None:
         self.config = config
         self.abort = abort  # set by another thread: wait() stops the command, raises Interrupted
         self.command = command
-        self.pool = pool if pool is not None else POOL
+        self.helpers = helpers if helpers is not None else HELPERS
         self.sinks = (on_stdout, on_stderr)
         self.write_stdout = self._guarded(on_stdout, "stdout")
         self.write_stderr = self._guarded(on_stderr, "stderr")

@@ -25,6 +25,7 @@ from dapfab.config import RunnerConfig
 from dapfab.connection import Pool
 from dapfab.errors import DapError
 from dapfab.execution import RemoteProcess
+from dapfab.helpers import HelperPool
 from dapfab.identity import ConnectionIdentity
 from dapfab.keeper import place, wire
 from dapfab.remote.launcher import HEARTBEAT_TIMEOUT
@@ -43,7 +44,7 @@ class Keeper:
     def __init__(self, config: RunnerConfig) -> None:
         self.config = config
         self.identity = ConnectionIdentity.of(config)
-        self.pool = Pool()
+        self.helpers = HelperPool(Pool())
         self.clients = 0
         self.idle_since = time.monotonic()
         self.lock = threading.Lock()
@@ -94,7 +95,7 @@ class Keeper:
                 if not self.stopping.is_set():
                     self._unlink()
             listener.close()
-            self.pool.close_all()
+            self.helpers.connections.close_all()
             os.close(lock)
         return 0
 
@@ -102,7 +103,7 @@ class Keeper:
         """Open the connection and leave an idle helper, so the first client finds both."""
         try:
             with RemoteProcess(self.config, "true", on_stdout=_drop, on_stderr=_drop,
-                               reuse=True, pool=self.pool) as process:
+                               reuse=True, helpers=self.helpers) as process:
                 process.wait(30.0)
         except Exception as exc:  # the first client's call reports the real error
             log.debug("warming failed: %s", exc)
@@ -190,7 +191,7 @@ class Session:
             return  # the client gave up before confirming: the command never runs
         process = RemoteProcess(
             config, message["command"], on_stdout=StreamSink(stdout),
-            on_stderr=StreamSink(stderr), in_stream=in_stream, reuse=True, pool=self.keeper.pool,
+            on_stderr=StreamSink(stderr), in_stream=in_stream, reuse=True, helpers=self.keeper.helpers,
         )
         outcome: dict[str, Any] = {}
         done = threading.Event()

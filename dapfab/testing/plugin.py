@@ -76,9 +76,9 @@ def lab(dapfab_lab: Any) -> Iterator[Any]:
     if dapfab_lab.persist != "0":
         _start_keeper(dapfab_lab)
     yield dapfab_lab
-    connection = sys.modules.get("dapfab.connection")
-    if connection is not None:  # reset kills what runs in the runner, idle helpers included
-        connection.POOL.drop_idle()
+    helpers = sys.modules.get("dapfab.helpers")
+    if helpers is not None:  # reset kills what runs in the runner, idle helpers included
+        helpers.HELPERS.drop_idle()
     dapfab_lab.reset()
 
 

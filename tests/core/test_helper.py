@@ -180,13 +180,14 @@ def test_the_lab_fixture_drops_idle_helpers_before_reset_kills_their_processes(l
     """lab.reset kills every process in the runner; a pooled idle helper must not outlive
     its process there and be handed to the next test's command (which then died with 137)."""
     from dapfab.connection import POOL
+    from dapfab.helpers import HELPERS
 
     run_in_runner(runner_config, "true", hide=True, in_stream=False)
     links = [link for group in POOL._links.values() for link in group]
-    assert any(link.idle_channels() for link in links)  # the helper stays, idle
+    assert HELPERS.idle_count()  # the helper stays, idle
     sessions = sum(link.sessions for link in links)
-    POOL.drop_idle()
-    assert not any(link.idle_channels() for link in links)
+    HELPERS.drop_idle()
+    assert not HELPERS.idle_count()
     assert sum(link.sessions for link in links) < sessions
     lab.reset()
     assert run_in_runner(runner_config, "echo again", hide=True, in_stream=False).stdout == "again\n"

@@ -148,7 +148,8 @@ def test_a_call_behind_long_running_ones_gets_another_connection(lab: Any, runne
     opens a second connection instead of waiting for them."""
     import time
 
-    from dapfab.connection import MAX_SESSIONS, POOL, SESSION_WAIT_MIN
+    from dapfab.connection import MAX_SESSIONS, POOL
+    from dapfab.helpers import SESSION_WAIT_MIN
     from dapfab.run import run_in_runner
 
     POOL.close_all()

@@ -41,10 +41,10 @@ MAX_CONFIG = 1 << 16  # bytes of config on stdin
 class Keeper:
     """Serves the commands of every client of one connection identity."""
 
-    def __init__(self, config: RunnerConfig) -> None:
+    def __init__(self, config: RunnerConfig, helpers: HelperPool | None = None) -> None:
         self.config = config
         self.identity = ConnectionIdentity.of(config)
-        self.helpers = HelperPool(Pool())
+        self.helpers = helpers if helpers is not None else HelperPool(Pool())
         self.clients = 0
         self.idle_since = time.monotonic()
         self.lock = threading.Lock()

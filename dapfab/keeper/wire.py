@@ -32,7 +32,8 @@ def send(sock: socket.socket, message: dict[str, Any], payload: bytes = b"", fds
     if fds:
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
         sent = sock.sendmsg([data], ancillary)
-    sock.sendall(data[sent:])
+    if sent < len(data):  # an empty send to a peer that already answered and left is EPIPE
+        sock.sendall(data[sent:])
 
 
 class Reader:

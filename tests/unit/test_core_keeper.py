@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import shutil
+import tempfile
 import threading
 import time
 
@@ -21,11 +23,13 @@ from dapfab.keeper.server import Keeper
 
 @pytest.fixture
 def runtime(tmp_path, monkeypatch):
-    directory = tmp_path / "run"
-    directory.mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(directory))
+    """A private runtime directory with a short path (tmp_path can be too long for a Unix
+    socket's 108 bytes)."""
+    directory = tempfile.mkdtemp(prefix="dapfab-keeper-", dir="/tmp")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", directory)
     monkeypatch.setenv("HOME", str(tmp_path))
-    return directory
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

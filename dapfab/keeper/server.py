@@ -126,7 +126,7 @@ class Keeper:
         try:
             if wire.peer_uid(conn) != os.getuid():
                 return  # another user: not a word
-            Session(self, conn).run()
+            ClientSession(self, conn).run()
         except Exception as exc:
             log.debug("client ended: %s", exc)
         finally:
@@ -140,7 +140,7 @@ def _drop(_data: bytes) -> None:
     pass
 
 
-class Session:
+class ClientSession:
     """One client connection: hello, then a command (or stop)."""
 
     def __init__(self, keeper: Keeper, conn: socket.socket) -> None:

@@ -27,6 +27,7 @@ NAME_MAX = 63
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _PORT = re.compile(r"[0-9]+")
+_INCUS_CLIENT = re.compile(r"[A-Za-z0-9_./+][A-Za-z0-9_./+-]*")
 
 
 def validate_name(kind: str, value: Any, *, allow_remote: bool = False) -> str:
@@ -91,6 +92,16 @@ def validate_namespace(value: Any) -> str:
         raise ConfigError(
             f"invalid namespace {value!r}",
             hint="a namespace is lower-case letters, digits and '-', at most 63 characters",
+        )
+    return value
+
+
+def validate_incus_client(value: Any) -> str:
+    """Return ``value`` if it can name the Incus client command (``incus``, ``lxc``, a path), else ConfigError."""
+    if not isinstance(value, str) or not _INCUS_CLIENT.fullmatch(value):
+        raise ConfigError(
+            f"invalid incus client {value!r}",
+            hint="set dap.runner.incus to a command name such as incus or lxc",
         )
     return value
 
@@ -192,9 +203,7 @@ def _runner_fields(runner: Any) -> tuple[str, str | None, str]:
         raise ConfigError("no VM name given", hint="set dap.runner.vm")
     if project is not None:
         validate_name("project", project)
-    if not isinstance(incus, str) or not incus or incus.startswith("-") or _has_control(incus):
-        raise ConfigError(f"invalid incus client {incus!r}", hint="set dap.runner.incus")
-    return incus, project, validate_name("VM", vm, allow_remote=True)
+    return validate_incus_client(incus), project, validate_name("VM", vm, allow_remote=True)
 
 
 def incus_argv(runner: Any, command: str, *, pty: bool = False) -> list[str]:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dapfab import compat
-from dapfab.commands import validate_name, validate_seconds
+from dapfab.commands import validate_incus_client, validate_name, validate_seconds
 from dapfab.errors import ConfigError
 
 PLACEHOLDER_HOST = "user@mgmt.example.com"
@@ -91,6 +91,8 @@ KEYS: tuple[Key, ...] = (
 )
 KEYS_BY_PATH = {key.path: key for key in KEYS}
 KEYS_BY_FIELD = {key.field: key for key in KEYS if key.field}
+# An override may name a key by its config-file leaf (``vm``), field (``vm_name``) or path.
+KEYS_BY_NAME = {**{key.path.rsplit(".", 1)[-1]: key for key in KEYS}, **KEYS_BY_PATH, **KEYS_BY_FIELD}
 
 
 def _defaults() -> dict[str, Any]:
@@ -107,9 +109,6 @@ PROFILE_ENV = "DAP_RUNNER"
 
 _SECTIONS = ("runner", "ssh", "fanout", "kubectl")
 _HOST_BAD = re.compile(r"[\s\x00-\x1f\x7f]")
-_INCUS_CLIENT = re.compile(r"[A-Za-z0-9_./+][A-Za-z0-9_./+-]*")
-
-
 def default_ssh_key() -> str:
     """The built-in key path, expanded: a missing default key is not an error (agent)."""
     return expand_path(DEFAULTS["runner"]["ssh_key"])
@@ -194,11 +193,7 @@ class RunnerConfig:
         put(self, "vm_name", validate_name("VM", self.vm_name, allow_remote=True))
         project = _optional(self.project)
         put(self, "project", None if project is None else validate_name("project", project))
-        if not isinstance(self.incus, str) or not _INCUS_CLIENT.fullmatch(self.incus):
-            raise ConfigError(
-                f"invalid incus client {self.incus!r}",
-                hint="set dap.runner.incus to a command name such as incus or lxc",
-            )
+        validate_incus_client(self.incus)
         put(self, "known_hosts", _path("known_hosts", self.known_hosts, "dap.ssh.known_hosts"))
         policy = self.host_key_policy
         policy = policy.strip().lower() if isinstance(policy, str) else policy
@@ -243,7 +238,7 @@ class RunnerConfig:
         """Build from an Invoke ``Config``/``Context`` or a plain dict with the full layering.
 
         ``runner`` names a profile (else ``DAP_RUNNER``); ``overrides`` are task flags keyed
-        by field name (``ssh_host``, ``vm_name``…) or by dotted path (``runner.vm``);
+        by field name (``vm_name``), config-file key (``vm``) or dotted path (``runner.vm``);
         ``None`` values are ignored.
         """
         return cls.from_settings(
@@ -256,6 +251,46 @@ class RunnerConfig:
         return cls(**{key.field: settings.value(key.path) for key in KEYS if key.field})
 
 
+@dataclass(frozen=True)
+class Profile:
+    """What one runner profile (None: the default runner) resolves to, checked, resolved
+    once per call: how to reach the runner, and kubectl's configured defaults."""
+
+    name: str | None
+    runner: RunnerConfig
+    namespace: str | None
+    context: str | None
+    laptop_files: bool
+
+    @classmethod
+    def resolve(
+        cls,
+        config: Any,
+        *,
+        runner: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Profile:
+        """The layered settings of ``runner`` (else ``DAP_RUNNER``), as :func:`resolve`
+        layers them, built into one checked object (ConfigError, exit 2)."""
+        return cls.from_settings(resolve(config, runner=runner, environ=environ, overrides=overrides))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Profile:
+        """Build from the result of :func:`resolve`, checking every value."""
+        from dapfab.commands import validate_context, validate_namespace
+
+        namespace = _optional(settings.value("kubectl.namespace"))
+        context = _optional(settings.value("kubectl.context"))
+        return cls(
+            name=settings.profile,
+            runner=RunnerConfig.from_settings(settings),
+            namespace=None if namespace is None else validate_namespace(namespace),
+            context=None if context is None else validate_context(context),
+            laptop_files=_switch(settings.value("kubectl.laptop_files")),
+        )
+
+
 def kubectl_defaults(
     config: Any,
     *,
@@ -263,23 +298,13 @@ def kubectl_defaults(
     environ: Mapping[str, str] | None = None,
 ) -> tuple[str | None, str | None]:
     """The configured ``(namespace, context)`` for kubectl: files < profile < DAP_KUBECTL_*."""
-    from dapfab.commands import validate_context, validate_namespace
-
-    settings = resolve(config, runner=runner, environ=environ)
-    namespace = _optional(settings.value("kubectl.namespace"))
-    context = _optional(settings.value("kubectl.context"))
-    return (
-        None if namespace is None else validate_namespace(namespace),
-        None if context is None else validate_context(context),
-    )
+    profile = Profile.resolve(config, runner=runner, environ=environ)
+    return profile.namespace, profile.context
 
 
-def laptop_files_default(
-    config: Any, *, runner: str | None = None, environ: Mapping[str, str] | None = None
-) -> bool:
+def _switch(value: Any) -> bool:
     """``dap.kubectl.laptop_files``: whether kubectl's file arguments name laptop paths
     (docs/design.md §15); true unless set to false."""
-    value = resolve(config, runner=runner, environ=environ).value("kubectl.laptop_files")
     if isinstance(value, bool):
         return value
     word = str(value).strip().lower()
@@ -456,9 +481,7 @@ def resolve(
     for name, value in (overrides or {}).items():
         if value is None:
             continue
-        key = KEYS_BY_FIELD.get(name) or KEYS_BY_PATH.get(name)
-        if key is None and name == "vm":
-            key = KEYS_BY_PATH["runner.vm"]
+        key = KEYS_BY_NAME.get(name)
         if key is None:
             raise TypeError(f"unknown override {name!r}")
         values[key.path] = (value, f"flag {key.flag}" if key.flag else "flag")

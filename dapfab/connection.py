@@ -505,12 +505,7 @@ class Pool:
         holder's idle session changes hands; else, with ``wait_until(links, since)``, wait
         until then for room; else a new link. What lands in ``retired`` is closed after.
         """
-        if config.is_placeholder:
-            raise ConfigError(
-                f"no management host configured (dap.runner.ssh_host is the placeholder "
-                f"{config.ssh_host})",
-                hint="run `inv config.init` or set DAP_RUNNER_SSH_HOST",
-            )
+        config.check_configured()
         retired: list[Any] = []
         since = time.monotonic()
         identity = ConnectionIdentity.of(config)

@@ -24,6 +24,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from dapfab.calls import run_command
 from dapfab.commands import kubectl_argv, kubectl_command
+from dapfab.config import DEFAULTS
 from dapfab.errors import DapError, shown
 from dapfab.laptopfiles import stdin_for
 from dapfab.streams import caller_stdin, hide_flags, read_chunk
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
     from dapfab.result import Result
 
-DEFAULT_PARALLEL = 10
+DEFAULT_PARALLEL: int = DEFAULTS["fanout"]["parallel"]
 
 
 @dataclass

@@ -20,10 +20,10 @@ from dapfab.config import (
     KEYS,
     KEYS_BY_PATH,
     PLACEHOLDER_HOST,
+    Profile,
     RunnerConfig,
     Settings,
     expand_path,
-    kubectl_defaults,
     resolve,
 )
 from dapfab.configfile import export_lines, write_dap_section
@@ -228,8 +228,7 @@ def _show_one(c: Context, runner: str | None) -> None:
     settings = resolve(c.config, runner=runner)
     for line in show_lines(settings):
         print(shown(line))
-    config = RunnerConfig.from_settings(settings)
-    kubectl_defaults(c.config, runner=runner)
+    config = Profile.from_settings(settings).runner  # checks every value
     if config.is_placeholder:
         print(
             f"note: {PLACEHOLDER_HOST} is a placeholder; dapfab will not connect until you "
@@ -286,9 +285,7 @@ def doctor(c: Context, runner: str | None = None) -> None:
     for name in _each_runner(c, runner):
 
         def load(name: str | None = name) -> RunnerConfig:
-            config = RunnerConfig.from_invoke_config(c.config, runner=name)
-            kubectl_defaults(c.config, runner=name)
-            return config
+            return Profile.resolve(c.config, runner=name).runner  # checks every value
 
         try:
             code = run_doctor(load, emit=lambda line: print(line, flush=True))

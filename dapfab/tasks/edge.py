@@ -23,8 +23,9 @@ from typing import Any
 from invoke import Context, Exit, Task
 
 from dapfab import compat
-from dapfab.config import RunnerConfig, kubectl_defaults
+from dapfab.config import Profile, RunnerConfig
 from dapfab.errors import DapError, Interrupted, OutputClosed, render
+from dapfab.fanout import DEFAULT_PARALLEL
 
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -124,7 +125,7 @@ def command_line_remainder(task: Task) -> list[str] | None:
 
 RUNNER_HELP = ("named runner profile (dap.runners.NAME); several at once: a,b or @GROUP "
                "(dap.groups.GROUP); default: $DAP_RUNNER or dap.runner")
-PARALLEL_HELP = "with several runners: how many run at once (default: dap.fanout.parallel, 10)"
+PARALLEL_HELP = f"with several runners: how many run at once (default: dap.fanout.parallel, {DEFAULT_PARALLEL})"
 NAMESPACE_HELP = "kubectl --namespace (default: dap.kubectl.namespace)"
 CONTEXT_HELP = "kubectl --context (default: dap.kubectl.context)"
 
@@ -142,26 +143,28 @@ def reported(body: Callable[..., Any]) -> Callable[..., Any]:
 
 @dataclass(frozen=True)
 class Call:
-    """What one task call runs against: the runner, and kubectl's namespace and context."""
+    """What one task call runs against: the runner, kubectl's namespace and context, and
+    whether kubectl's file arguments name laptop paths (``dap.kubectl.laptop_files``)."""
 
     config: RunnerConfig
     namespace: str | None
     context: str | None
+    laptop_files: bool
 
 
 def resolve_call(
     c: Context, runner: str | None, namespace: str | None = None, context: str | None = None
 ) -> Call:
     """Config files, ``DAP_*`` variables, the ``--runner`` profile, then the task's flags
-    (``-n`` and ``--context`` beat every configured value)."""
+    (``-n`` and ``--context`` beat every configured value); the tree is resolved once."""
     from dapfab.commands import validate_context, validate_namespace
 
-    config = RunnerConfig.from_invoke_config(c.config, runner=runner)
-    default_ns, default_ctx = kubectl_defaults(c.config, runner=runner)
+    profile = Profile.resolve(c.config, runner=runner)
     return Call(
-        config,
-        validate_namespace(namespace) if namespace is not None else default_ns,
-        validate_context(context) if context is not None else default_ctx,
+        profile.runner,
+        validate_namespace(namespace) if namespace is not None else profile.namespace,
+        validate_context(context) if context is not None else profile.context,
+        profile.laptop_files,
     )
 
 

@@ -58,7 +58,6 @@ def kubectl(
     on a terminal, `exec -it`, `edit` and `attach` get a pty. File arguments that name
     laptop paths (-f deploy/, -k, --from-file, cp) are shipped to the VM.
     """
-    from dapfab.config import laptop_files_default
     from dapfab.errors import CommandError
     from dapfab.run import kubectl_in_runner
     from dapfab.terminal import on_terminal, wants_pty
@@ -70,13 +69,11 @@ def kubectl(
     if names is not None and len(names) > 1:
         if wants_pty(words):
             single_runner(names, "a terminal session (exec -it, edit, attach)")
-        laptop = not no_laptop_files and laptop_files_default(c.config, runner=names[0])
-        _kubectl_fan_out(c, names, words, namespace, context, parallel, laptop)
+        _kubectl_fan_out(c, names, words, namespace, context, parallel, not no_laptop_files)
         return
     call = resolve_call(c, names[0] if names else None, namespace, context)
     pty = wants_pty(words) and on_terminal()
-    laptop = not no_laptop_files and laptop_files_default(c.config,
-                                                          runner=names[0] if names else None)
+    laptop = not no_laptop_files and call.laptop_files
     try:
         kubectl_in_runner(
             call.config, words, namespace=call.namespace, context=call.context, pty=pty,
@@ -102,13 +99,15 @@ def kubectl(
 def _kubectl_fan_out(c: Context, names: list[str], words: list[str], namespace: str | None,
                      context: str | None, parallel: str | None, laptop_files: bool) -> None:
     """``k8s.kubectl`` on several runners at once: prefixed lines, a summary, the exit code
-    of the first runner (in order) that failed. Laptop files go to every runner."""
+    of the first runner (in order) that failed. Laptop files go to every runner, unless
+    ``laptop_files`` is off or the first runner's profile turns them off."""
     from dapfab import laptopfiles
     from dapfab.commands import incus_command, kubectl_argv
     from dapfab.fanout import run_in_runners
     from dapfab.quoting import join
 
     calls = {name: resolve_call(c, name, namespace, context) for name in names}
+    laptop_files = laptop_files and calls[names[0]].laptop_files
     files = laptopfiles.for_fan_out(words) if laptop_files else laptopfiles.Plan(list(words))
     argvs = {name: kubectl_argv(files.args, namespace=call.namespace, context=call.context)
              for name, call in calls.items()}

@@ -98,6 +98,14 @@ def test_incus_command_quotes_the_kubectl_command_once_more_for_the_management_s
     )
 
 
+@pytest.mark.parametrize("client", ["in cus", "-incus", "", "incus;id", "lxc\n", 7])
+def test_a_mapping_and_a_runner_config_refuse_the_same_incus_clients(client):
+    with pytest.raises(ConfigError, match="invalid incus client"):
+        incus_argv({"vm": "v", "incus": client}, "true")
+    with pytest.raises(ConfigError, match="invalid incus client"):
+        RunnerConfig(ssh_host="ops@mgmt", vm_name="v", incus=client)
+
+
 def test_builders_refuse_a_nul_in_an_argument():
     with pytest.raises(ConfigError) as caught:
         kubectl_argv(["a\x00b"])

@@ -4,21 +4,35 @@ fan-out, curl and the pty stager make it: through the connection's keeper when o
 
 The decision lives here, above both :mod:`dapfab.execution` and :mod:`dapfab.keeper`, so
 that neither knows the other exists except the keeper's use of execution.
+
+A process that calls again holds its own connection: after a thread's second call through
+a keeper, the connection opens in the background, and calls that find it open run directly
+(one hop less than through the keeper's socket).
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 from typing import IO, TYPE_CHECKING, Any
 
+from dapfab.connection import POOL
 from dapfab.execution import RemoteProcess
+from dapfab.identity import ConnectionIdentity
 from dapfab.keeper import client as keeper
 from dapfab.result import Result
 from dapfab.streams import StreamSink, caller_stdin, hide_flags
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
+
+log = logging.getLogger("dapfab.calls")
+
+# Calls each thread made through a keeper, per connection identity. Per thread, so that a
+# fan-out's workers, one call each, do not open connections their process will not use.
+_kept_calls: dict[tuple[ConnectionIdentity, int], int] = {}
+_kept_lock = threading.Lock()
 
 
 def run_command(
@@ -35,15 +49,17 @@ def run_command(
     """Run shell code in the VM without a pty and return its :class:`Result`, whatever its
     exit code: the core of :func:`dapfab.run.run_in_runner` (which adds dry/echo, the pty
     path and ``warn``). With ``config.persist``, through the connection's keeper if one is
-    alive; a direct call starts one when it is done. Setting ``abort`` (from another
+    alive and this process holds no connection of its own; a direct call starts one when it
+    is done. Setting ``abort`` (from another
     thread) stops the command and raises Interrupted once it is gone."""
     hide_out, hide_err = hide_flags(hide)
     in_stream = caller_stdin(in_stream)
-    if config.persist:
+    if config.persist and not POOL.connected(config):
         result = keeper.run(config, command, hide_out=hide_out, hide_err=hide_err,
                             in_stream=in_stream, timeout=timeout, out_stream=out_stream,
                             err_stream=err_stream, abort=abort)
         if result is not None:
+            _after_kept_call(config)
             return result
     captured: dict[str, list[bytes]] = {"out": [], "err": []}
     on_stdout = captured["out"].append if hide_out else StreamSink(out_stream or sys.stdout)
@@ -57,3 +73,21 @@ def run_command(
     if config.persist:
         keeper.after_direct_call(config)
     return Result(command, code, b"".join(captured["out"]), b"".join(captured["err"]))
+
+
+def _after_kept_call(config: RunnerConfig) -> None:
+    """Count a call made through a keeper; at a thread's second, open this process's own
+    connection in the background."""
+    key = (ConnectionIdentity.of(config), threading.get_ident())
+    with _kept_lock:
+        count = _kept_calls[key] = _kept_calls.get(key, 0) + 1
+    if count == 2:
+        threading.Thread(target=_connect_ahead, args=(config,), name="dapfab-connect-ahead",
+                         daemon=True).start()
+
+
+def _connect_ahead(config: RunnerConfig) -> None:
+    try:
+        POOL.connect_ahead(config)
+    except Exception as err:  # noqa: BLE001 - the calls go on through the keeper
+        log.debug("no connection of this process's own: %s", err)

@@ -40,12 +40,26 @@ KEEPALIVE_INTERVAL = 5.0
 KEEPALIVE_COUNT = 3  # unanswered intervals before the peer is declared dead
 
 
+# A healthy link answers a keepalive every KEEPALIVE_INTERVAL: a peer silent for longer, or
+# slow to answer the request in flight, is asked once more before a new call uses the link.
+STALE_AFTER = KEEPALIVE_INTERVAL + 2.5
+SLOW_REPLY = 2.0
+PROBE_WAIT = 1.5  # seconds that last question waits for its reply before the link is closed
+
+
+def awake_clock() -> float:
+    """Seconds on a clock that also runs while the laptop sleeps (``CLOCK_BOOTTIME`` on
+    Linux; macOS's ``CLOCK_MONOTONIC`` counts sleep), unlike :func:`time.monotonic`."""
+    return time.clock_gettime(getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC))
+
+
 class Keepalive(threading.Thread):
     """Sends ``keepalive@openssh.com`` requests that want a reply; closes a silent transport.
 
     ``pending_since`` is when the request now in flight was sent (None when answered): the
     link uses it to blame the outermost silent hop, since an inner hop's requests travel
-    through the outer ones and go unanswered too.
+    through the outer ones and go unanswered too. ``heard`` is when the last reply came
+    (:func:`awake_clock`).
     """
 
     def __init__(self, transport: Any, label: str, on_dead: Any) -> None:
@@ -55,26 +69,49 @@ class Keepalive(threading.Thread):
         self.on_dead = on_dead
         self.stopped = threading.Event()
         self.pending_since: float | None = None
+        self.heard = awake_clock()
+        self._lock = threading.Lock()
+        self._answered: threading.Event | None = None
+
+    def ask(self) -> threading.Event:
+        """Send a request unless one is in flight; the event set when it is answered (or
+        the transport closed)."""
+        with self._lock:
+            if self._answered is None or self._answered.is_set():
+                self._answered = threading.Event()
+                self.pending_since = time.monotonic()
+                threading.Thread(target=self._ask, args=(self._answered,), daemon=True).start()
+            return self._answered
 
     def _ask(self, answered: threading.Event) -> None:
         try:
             self.transport.global_request("keepalive@openssh.com", wait=True)
+            if self.transport.is_active():  # a reply, not a closed transport
+                self.heard = awake_clock()
+                self.pending_since = None
         finally:
             answered.set()
 
+    def doubtful(self) -> bool:
+        """Whether the peer has been silent longer than a healthy link allows, or is slow to
+        answer the request in flight (asleep, a changed network, a NAT that forgot us)."""
+        pending = self.pending_since
+        return awake_clock() - self.heard > STALE_AFTER or (
+            pending is not None and time.monotonic() - pending > SLOW_REPLY)
+
     def run(self) -> None:
+        silent = KEEPALIVE_INTERVAL * KEEPALIVE_COUNT
         while not self.stopped.wait(KEEPALIVE_INTERVAL) and self.transport.is_active():
-            answered = threading.Event()
-            self.pending_since = time.monotonic()
-            threading.Thread(target=self._ask, args=(answered,), daemon=True).start()
-            if not answered.wait(KEEPALIVE_INTERVAL * KEEPALIVE_COUNT):
+            asked = time.monotonic()
+            answered = self.ask()
+            if not answered.wait(silent) and time.monotonic() - asked > silent + 1:
+                answered.wait(PROBE_WAIT)  # this process was stopped: the reply may be queued
+            if not answered.is_set():
                 if self.stopped.is_set():
                     return
-                silent = KEEPALIVE_INTERVAL * KEEPALIVE_COUNT
                 self.on_dead(f"no reply to keepalives for {silent:.0f} s", self)
                 self.transport.close()
                 return
-            self.pending_since = None
 
 
 def gcm_first_transport(sock: Any, **kwargs: Any) -> Any:
@@ -289,6 +326,7 @@ class Link:
         self._connections: list[Any] = []
         self.transport: Any = None
         self._open_lock = threading.Lock()
+        self._probe_lock = threading.Lock()
         self._last_nudge = 0.0
         self.opened_at = 0.0
         self.open_seconds: float | None = None  # how long opening took, once open
@@ -323,6 +361,32 @@ class Link:
                 break
         if self.dead_reason is None:
             self.dead_reason, self.dead_hop = reason, hop
+
+    def check_fresh(self) -> None:
+        """Before a new call uses this open link: when its peer looks doubtful (see
+        :meth:`Keepalive.doubtful`), ask every hop once and, without a reply from the
+        management host within ``PROBE_WAIT``, close the link from its outermost silent
+        hop, so that the caller opens a fresh one instead of waiting for keepalives to time
+        out. Commands still on the link end with its error (exit 255, naming that hop)."""
+        keepalives = list(self._keepalives)
+        if not keepalives or not keepalives[-1].doubtful():
+            return
+        with self._probe_lock:  # one caller asks; the others wait for its answer
+            if not keepalives[-1].doubtful() or not self.alive:
+                return
+            silence = awake_clock() - keepalives[-1].heard
+            answers = [keepalive.ask() for keepalive in keepalives]
+            if answers[-1].wait(PROBE_WAIT):
+                return
+            first = next(i for i, answer in enumerate(answers) if not answer.is_set())
+            if self.dead_reason is None:
+                self.dead_reason = (f"no reply within {PROBE_WAIT:.1f} s after {silence:.0f} s of "
+                                    "silence (the laptop slept or the network changed)")
+                self.dead_hop = keepalives[first].label
+            log.debug("closing a silent link to %s: %s", self.config.ssh_host, self.dead_reason)
+            for keepalive in keepalives[first:]:
+                keepalive.stopped.set()
+                keepalive.transport.close()
 
     def open(self) -> None:
         """Connect every hop, gateway first, checking host keys; raise DapError on failure."""
@@ -509,6 +573,10 @@ class Pool:
         retired: list[Any] = []
         since = time.monotonic()
         identity = ConnectionIdentity.of(config)
+        with self.changed:
+            links = list(self._links.get(identity, []))
+        for link in links:
+            link.check_fresh()
         try:
             with self.changed:
                 while True:
@@ -553,6 +621,11 @@ class Pool:
 
     def open_channel(self, link: Link) -> Any:
         """Connect ``link`` if needed (dropping it from the pool if that fails); a new channel."""
+        self._connect(link)
+        return link.open_session()
+
+    def _connect(self, link: Link) -> None:
+        """Open ``link`` unless it is open; if that fails, drop it from the pool and raise."""
         try:
             link.ensure_open()
         except BaseException:
@@ -563,7 +636,22 @@ class Pool:
             raise
         with self.changed:
             self.changed.notify_all()
-        return link.open_session()
+
+    def connected(self, config: RunnerConfig) -> bool:
+        """Whether the pool holds an open, live connection of ``config``'s identity."""
+        identity = ConnectionIdentity.of(config)
+        with self.changed:
+            return any(link.transport is not None and link.alive
+                       for link in self._links.get(identity, []))
+
+    def connect_ahead(self, config: RunnerConfig) -> None:
+        """Open a connection of ``config``'s identity for the calls to come (DapError if it
+        cannot be opened; nothing is kept then)."""
+        link, _ = self.take(config)
+        try:
+            self._connect(link)
+        finally:
+            self.give_back(link, None)
 
     def give_back(self, link: Link, channel: Any) -> None:
         """Return a session taken with :meth:`take` and close its channel."""

@@ -538,3 +538,43 @@ def _drain(fd: int) -> bytes:
         if not chunk:
             return data
         data += chunk
+
+
+OWN_AFTER_TWO = """
+    import sys, time
+    from dapfab import run_in_runner
+    from dapfab.config import RunnerConfig
+    from dapfab.connection import POOL
+    config = RunnerConfig.from_env()
+    for _ in range(2):
+        run_in_runner(config, "true", hide=True, in_stream=False)
+    deadline = time.monotonic() + 30
+    while not POOL.connected(config) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print("own" if POOL.connected(config) else "none", flush=True)
+    sys.stdin.readline()
+    print([run_in_runner(config, f"echo {n}", hide=True, in_stream=False).stdout
+           for n in range(5)], flush=True)
+"""
+
+
+def test_a_process_that_calls_again_holds_its_own_connection_past_the_keeper(lab):
+    """After two calls through the keeper, a process opens its own connection and its
+    later calls go direct: a frozen keeper would be bypassed and replaced if they did not."""
+    pid = warm(lab)
+    logins = sshd_logins(lab)
+    proc = python(lab, OWN_AFTER_TWO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                  stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"own\n", proc.stderr.read1()
+        lab.freeze(pid)
+        try:
+            out, err = proc.communicate(b"go\n", timeout=60)
+        finally:
+            lab.thaw(pid)
+        assert out.decode().strip() == repr([f"{n}\n" for n in range(5)]), err
+        assert lab.keepers() == [pid]  # never asked, so neither bypassed nor replaced
+        assert sshd_logins(lab) == {host: count + 1 for host, count in logins.items()}
+    finally:
+        proc.kill()
+        proc.wait()

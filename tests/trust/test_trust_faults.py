@@ -14,7 +14,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +22,7 @@ import pytest
 from trust_helpers import (
     TIMINGS,
     UNPRIVILEGED_READS,
+    frozen,
     leftovers,
     sshd_logins,
     start_cli,
@@ -285,24 +286,6 @@ class Streaming:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
-
-
-def sshd_sessions(lab, host: str) -> list[int]:
-    return [pid for pid, argv in lab.processes(host)
-            if argv[0].startswith("sshd") and "[listener]" not in " ".join(argv)]
-
-
-@contextlib.contextmanager
-def frozen(lab, host: str) -> Iterator[None]:
-    pids = sshd_sessions(lab, host)
-    assert pids, f"no sshd session on {host}"
-    for pid in pids:
-        lab.freeze(pid)
-    try:
-        yield
-    finally:
-        for pid in pids:
-            lab.thaw(pid)
 
 
 STREAM_FAULTS = {

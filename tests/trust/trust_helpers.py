@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,3 +104,23 @@ def start_cli(lab, *argv: str, env: dict | None = None, drop: tuple[str, ...] = 
 # Root without the capabilities that let it read any file: an unprivileged reader, with the
 # same Python and packages (a mode-000 key is then really unreadable).
 UNPRIVILEGED_READS = ("setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--")
+
+
+def sshd_sessions(lab, host: str) -> list[int]:
+    """PIDs of the sshd processes serving connections on ``host`` (not its listener)."""
+    return [pid for pid, argv in lab.processes(host)
+            if argv[0].startswith("sshd") and LISTENER not in " ".join(argv)]
+
+
+@contextlib.contextmanager
+def frozen(lab, host: str) -> Iterator[None]:
+    """Every sshd session process of ``host`` stopped (SIGSTOP) while the block runs."""
+    pids = sshd_sessions(lab, host)
+    assert pids, f"no sshd session on {host}"
+    for pid in pids:
+        lab.freeze(pid)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            lab.thaw(pid)

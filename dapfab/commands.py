@@ -19,7 +19,7 @@ from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
-from dapfab.errors import ConfigError
+from dapfab.errors import CommandError, ConfigError
 from dapfab.quoting import join
 from dapfab.remote.incus import exec_argv
 
@@ -28,6 +28,14 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _PORT = re.compile(r"[0-9]+")
 _INCUS_CLIENT = re.compile(r"[A-Za-z0-9_./+][A-Za-z0-9_./+-]*")
+
+INTERACTIVE_SUBCOMMANDS = {"edit"}
+TTY_SUBCOMMANDS = {"exec", "attach", "run", "debug"}
+GLOBAL_VALUE_FLAGS = {
+    "-n", "--namespace", "--context", "--cluster", "--user", "--kubeconfig", "-s", "--server",
+    "--token", "--as", "--as-group", "--cache-dir", "--certificate-authority", "-v", "--v",
+    "--request-timeout", "--tls-server-name", "--client-certificate", "--client-key",
+}
 
 
 def validate_name(kind: str, value: Any, *, allow_remote: bool = False) -> str:
@@ -236,3 +244,45 @@ __all__ = [
     "validate_seconds",
     "validate_url",
 ]
+
+
+def wants_pty(args: Sequence[str]) -> bool:
+    """Whether kubectl ``args`` ask for a terminal (``edit``, or ``exec``/``attach`` with -t)."""
+    words = list(args)
+    sub = _subcommand(words)
+    if sub in INTERACTIVE_SUBCOMMANDS:
+        return True
+    if sub not in TTY_SUBCOMMANDS:
+        return False
+    before_dashdash = words[: words.index("--")] if "--" in words else words
+    for word in before_dashdash:
+        if word in ("--tty", "--tty=true"):
+            return True
+        if word.startswith("-") and not word.startswith("--") and "t" in word[1:]:
+            return True
+    return False
+
+
+def _subcommand(words: list[str]) -> str | None:
+    """kubectl's subcommand: the first word that is neither a flag nor a global flag's value."""
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in GLOBAL_VALUE_FLAGS:
+            skip = True
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+KUBECTL_LOOKUP = "command -v kubectl"  # asked after an exit 127: was it kubectl that was missing?
+
+
+def kubectl_missing(vm_name: str) -> CommandError:
+    """What to say when the VM's login shell has no kubectl (:data:`KUBECTL_LOOKUP` failed)."""
+    return CommandError(
+        f"kubectl is not installed in VM {vm_name} (not on its login PATH)",
+        hint="install kubectl in the VM or put it on its login PATH; "
+        "`inv config.doctor` checks every hop",
+    )

@@ -110,3 +110,11 @@ def reader_gone(sink: Sink) -> bool:
     poller = select.poll()
     poller.register(fd, 0)
     return any(event & (select.POLLERR | select.POLLNVAL) for _, event in poller.poll(0))
+
+
+def on_terminal() -> bool:
+    """Whether both stdin and stdout are terminals (only then is a pty worth having)."""
+    try:
+        return os.isatty(sys.stdin.fileno()) and os.isatty(sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False

@@ -24,7 +24,6 @@ import signal
 import sys
 import termios
 import tty
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from dapfab.quoting import join
@@ -35,54 +34,9 @@ if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
     from dapfab.result import Result
 
-INTERACTIVE_SUBCOMMANDS = {"edit"}
-TTY_SUBCOMMANDS = {"exec", "attach", "run", "debug"}
-GLOBAL_VALUE_FLAGS = {
-    "-n", "--namespace", "--context", "--cluster", "--user", "--kubeconfig", "-s", "--server",
-    "--token", "--as", "--as-group", "--cache-dir", "--certificate-authority", "-v", "--v",
-    "--request-timeout", "--tls-server-name", "--client-certificate", "--client-key",
-}
 # How stale DIR/alive may get before the pty session is killed, in seconds.
 GUARD_STALE = 5
 _STAGED = re.compile(r"/[^\0\n]*/dapfab\.[A-Za-z0-9]{10}")
-
-
-def wants_pty(args: Sequence[str]) -> bool:
-    """Whether kubectl ``args`` ask for a terminal (``edit``, or ``exec``/``attach`` with -t)."""
-    words = list(args)
-    sub = _subcommand(words)
-    if sub in INTERACTIVE_SUBCOMMANDS:
-        return True
-    if sub not in TTY_SUBCOMMANDS:
-        return False
-    before_dashdash = words[: words.index("--")] if "--" in words else words
-    for word in before_dashdash:
-        if word in ("--tty", "--tty=true"):
-            return True
-        if word.startswith("-") and not word.startswith("--") and "t" in word[1:]:
-            return True
-    return False
-
-
-def _subcommand(words: list[str]) -> str | None:
-    """kubectl's subcommand: the first word that is neither a flag nor a global flag's value."""
-    skip = False
-    for word in words:
-        if skip:
-            skip = False
-        elif word in GLOBAL_VALUE_FLAGS:
-            skip = True
-        elif not word.startswith("-"):
-            return word
-    return None
-
-
-def on_terminal() -> bool:
-    """Whether both stdin and stdout are terminals (only then is a pty worth having)."""
-    try:
-        return os.isatty(sys.stdin.fileno()) and os.isatty(sys.stdout.fileno())
-    except (AttributeError, OSError, ValueError):
-        return False
 
 
 def run_with_pty(config: RunnerConfig, command: str) -> Result:

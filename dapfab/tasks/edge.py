@@ -1,7 +1,8 @@
 """What every dapfab task does at its edge, in one place.
 
-:func:`cli_edge` is the only place where a :class:`~dapfab.errors.DapError` becomes a stderr
-line and an exit code (Ctrl-C, SIGTERM and a closed output get theirs); :func:`reported`
+:func:`cli_edge` ends a task body where every call ends (:func:`dapfab.exits.ended`: a
+:class:`~dapfab.errors.DapError` becomes a stderr line and an exit code, Ctrl-C, SIGTERM
+and a closed output get theirs); :func:`reported`
 wraps a task body in it; :func:`command_line_remainder` reads the words after ``--``;
 :func:`resolve_call` turns the task's ``--runner``, ``-n`` and ``--context`` into what to
 run against; :func:`announce` prints a remote command for Invoke's ``--dry`` / ``--echo``.
@@ -10,11 +11,6 @@ run against; :func:`announce` prints a remote command for Invoke's ``--dry`` / `
 from __future__ import annotations
 
 import functools
-import logging
-import os
-import signal
-import sys
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,10 +20,8 @@ from invoke import Context, Exit, Task
 
 from dapfab import compat
 from dapfab.config import Profile, RunnerConfig
-from dapfab.errors import DapError, Interrupted, OutputClosed, render
+from dapfab.exits import ended
 from dapfab.fanout import DEFAULT_PARALLEL
-
-SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 class DapTask(Task):
@@ -40,68 +34,13 @@ class DapTask(Task):
         return opts
 
 
-def _raise_interrupted(signum: int, frame: Any) -> None:
-    name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-    raise Interrupted(f"interrupted by {name}", exit_code=SIGNAL_EXIT[signum])
-
-
-@contextmanager
-def signals_raise() -> Iterator[None]:
-    """While inside, SIGINT and SIGTERM raise :class:`Interrupted` (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in SIGNAL_EXIT}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def setup_debug_logging() -> None:
-    """``DAP_DEBUG=1`` turns on dapfab's own debug log on stderr (never secrets)."""
-    if os.environ.get("DAP_DEBUG") and not logging.getLogger("dapfab").handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("dapfab debug: %(name)s: %(message)s"))
-        logger = logging.getLogger("dapfab")
-        logger.addHandler(handler)
-        logger.setLevel(logging.DEBUG)
-
-
 @contextmanager
 def cli_edge() -> Iterator[None]:
-    """Run a task body: signals become cleanup + 130/143, DapErrors one line + their code."""
-    setup_debug_logging()
-    try:
-        with signals_raise():
-            yield
-    except KeyboardInterrupt:
-        print(render(Interrupted("interrupted by Ctrl-C")), file=sys.stderr)
-        raise Exit(code=130) from None
-    except BrokenPipeError:  # OutputClosed too: the remote command is already stopped
-        # Silent, as a pipeline member killed by SIGPIPE; the dead streams go to /dev/null
-        # so that the interpreter's last flush cannot print a traceback.
-        _drop_closed_streams()
-        raise Exit(code=OutputClosed.exit_code) from None
-    except DapError as err:
-        if logging.getLogger("dapfab").isEnabledFor(logging.DEBUG):
-            logging.getLogger("dapfab").debug("error", exc_info=True)
-        print(render(err), file=sys.stderr, flush=True)
-        raise Exit(code=err.exit_code) from None
-
-
-def _drop_closed_streams() -> None:
-    """Point stdout and stderr at /dev/null, dropping what is still buffered for them."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                os.dup2(devnull, stream.fileno())
-            except (AttributeError, OSError, ValueError):
-                pass
-    finally:
-        os.close(devnull)
+    """Run a task body at the edge (:func:`dapfab.exits.ended`), then exit with its code."""
+    with ended() as outcome:
+        yield
+    if outcome.code is not None:
+        raise Exit(code=outcome.code)
 
 
 def command_line_remainder(task: Task) -> list[str] | None:

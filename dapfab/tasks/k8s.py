@@ -58,9 +58,11 @@ def kubectl(
     on a terminal, `exec -it`, `edit` and `attach` get a pty. File arguments that name
     laptop paths (-f deploy/, -k, --from-file, cp) are shipped to the VM.
     """
+    from dapfab import thin
+    from dapfab.commands import wants_pty
     from dapfab.errors import CommandError
     from dapfab.run import kubectl_in_runner
-    from dapfab.terminal import on_terminal, wants_pty
+    from dapfab.streams import on_terminal
 
     words = command_line_remainder(kubectl)
     if words is None:
@@ -72,6 +74,8 @@ def kubectl(
         _kubectl_fan_out(c, names, words, namespace, context, parallel, not no_laptop_files)
         return
     call = resolve_call(c, names[0] if names else None, namespace, context)
+    if not any(run_options(c).values()):
+        thin.remember(call)
     pty = wants_pty(words) and on_terminal()
     laptop = not no_laptop_files and call.laptop_files
     try:
@@ -85,14 +89,10 @@ def kubectl(
         if err.exit_code == 127 and not _kubectl_present(call.config):
             import sys
 
+            from dapfab.commands import kubectl_missing
             from dapfab.errors import render
 
-            hint = CommandError(
-                f"kubectl is not installed in VM {call.config.vm_name} (not on its login PATH)",
-                hint="install kubectl in the VM or put it on its login PATH; "
-                "`inv config.doctor` checks every hop",
-            )
-            print(render(hint), file=sys.stderr, flush=True)
+            print(render(kubectl_missing(call.config.vm_name)), file=sys.stderr, flush=True)
         raise Exit(code=err.exit_code) from None
 
 
@@ -140,11 +140,12 @@ def _finish_fan_out(outcomes: dict[str, Any]) -> None:
 
 def _kubectl_present(config: RunnerConfig) -> bool:
     """Whether the VM's login shell finds kubectl (asked only after an exit 127)."""
+    from dapfab.commands import KUBECTL_LOOKUP
     from dapfab.errors import DapError
     from dapfab.run import run_in_runner
 
     try:
-        found = run_in_runner(config, "command -v kubectl", hide=True, warn=True, in_stream=False)
+        found = run_in_runner(config, KUBECTL_LOOKUP, hide=True, warn=True, in_stream=False)
     except DapError:
         return True  # cannot tell: say nothing rather than something wrong
     return found.exited == 0

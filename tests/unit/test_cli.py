@@ -8,9 +8,9 @@ import sys
 import pytest
 from invoke import Collection, Program, task
 
+from dapfab.commands import wants_pty
 from dapfab.errors import ConfigError
 from dapfab.tasks.edge import DapTask, cli_edge, command_line_remainder
-from dapfab.terminal import wants_pty
 
 seen: list = []
 

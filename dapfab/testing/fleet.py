@@ -20,15 +20,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from dapfab.testing.lab import (
-    SYSCTLS,
-    Lab,
-    LabError,
-    NetnsVM,
-    _ip,
-    install_incus,
-    vm_processes,
-)
+from dapfab.testing.lab import Lab
+from dapfab.testing.runners import NetnsVM, install_incus
+from dapfab.testing.system import SYSCTLS, LabError, ip, vm_processes
 
 HOST = "mgmt2"
 NAMES = ("runner-1", "runner-2", "runner-3", "runner-4")
@@ -59,7 +53,7 @@ def grow(lab: Lab) -> None:
         lab.backend.add_container("runner-2")
         fleet["m1-r2"] = {"host": "mgmt", "vm": "runner-2", "key": None, "address": None}
     lab.state()["fleet"] = dict(sorted(fleet.items()))
-    lab._save()
+    lab.statefile.save()
 
 
 def _profile_name(host: str, name: str) -> str:
@@ -68,31 +62,25 @@ def _profile_name(host: str, name: str) -> str:
 
 def _add_host(lab: Lab) -> None:
     """mgmt2: a namespace behind the bastion with its own sshd, host key and ``incus``."""
-    state, a = lab.state_dir, lab.addresses
-    (state / HOST / "home" / ".ssh").mkdir(mode=0o700, parents=True)
-    (state / HOST / "bin").mkdir(mode=0o755)
-    keygen = lab._keygen(state / HOST / "ssh_host_ed25519_key", f"root@{HOST}")
+    a = lab.net.addresses
+    lab.sshd.make_dirs(HOST)
+    keygen = lab.sshd.host_keygen(HOST)
     ns = lab.netns(HOST)
-    _ip("netns", "add", ns)
-    _ip(netns=lab.netns("bastion"), batch=[
+    ip("netns", "add", ns)
+    ip(netns=lab.netns("bastion"), batch=[
         f"link add eth2 type veth peer name eth0 netns {ns}",
         f"addr add {a['bastion@mgmt2']} dev eth2", "link set eth2 up"])
-    _ip(netns=ns, batch=["link set lo up", f"addr add {a['mgmt2@bastion']} dev eth0",
-                         "link set eth0 up"])
+    ip(netns=ns, batch=["link set lo up", f"addr add {a['mgmt2@bastion']} dev eth0",
+                        "link set eth0 up"])
     lab.run(HOST, SYSCTLS, env=None, check=True, via_netns=True)
-    lab._write_host_files(HOST)
+    lab.sshd.write_host_files(HOST)
     if keygen.wait():
         raise LabError(f"ssh-keygen for {HOST} failed")
-    lab._await_holder(HOST, *lab._start_holder(HOST))
-    lab._spawn_sshd(HOST)
-    lab._wait_sshd(HOST)
+    lab.sshd.await_holder(HOST, *lab.sshd.start_holder(HOST))
+    lab.sshd.spawn_sshd(HOST)
+    lab.sshd.wait_sshd(HOST)
     install_incus(lab, HOST)
-    address = lab.address(HOST)
-    with open(lab.known_hosts, "a") as known:
-        known.write(lab.known_hosts_line(HOST))
-    with open(lab.ssh_config, "a") as config:
-        config.write(f"Host {HOST} {lab.prefix}{HOST} {address}\n    HostName {address}\n"
-                     "    ProxyJump bastion\n" + lab.ssh_options())
+    lab.sshd.add_client_entry(HOST)
 
 
 def _add_vm(lab: Lab, index: int, host: str, name: str) -> NetnsVM:
@@ -102,15 +90,15 @@ def _add_vm(lab: Lab, index: int, host: str, name: str) -> NetnsVM:
     ns, iface = f"{lab.prefix}vm{index}", f"vm{index}"
     host_side, vm_side = f"198.18.{o + 4}.{4 * index + 1}", f"198.18.{o + 4}.{4 * index + 2}"
     vm_up, cluster_side = f"198.18.{o + 5}.{4 * index + 1}", f"198.18.{o + 5}.{4 * index + 2}"
-    _ip("netns", "add", ns)
-    _ip(netns=lab.netns(host), batch=[f"link add {iface} type veth peer name eth0 netns {ns}",
-                                      f"addr add {host_side}/30 dev {iface}", f"link set {iface} up"])
-    _ip(netns=ns, batch=["link set lo up", f"addr add {vm_side}/30 dev eth0",
-                         f"link add eth1 type veth peer name {iface} netns {lab.netns('cluster')}",
-                         f"addr add {vm_up}/30 dev eth1"])
-    _ip(netns=lab.netns("cluster"), batch=[f"addr add {cluster_side}/30 dev {iface}",
-                                           f"link set {iface} up"])
-    vm = NetnsVM(lab, name, host, f"vm{index}", ns, vm_side, [f"{lab.cluster_network} via {cluster_side}"])
+    ip("netns", "add", ns)
+    ip(netns=lab.netns(host), batch=[f"link add {iface} type veth peer name eth0 netns {ns}",
+                                     f"addr add {host_side}/30 dev {iface}", f"link set {iface} up"])
+    ip(netns=ns, batch=["link set lo up", f"addr add {vm_side}/30 dev eth0",
+                        f"link add eth1 type veth peer name {iface} netns {lab.netns('cluster')}",
+                        f"addr add {vm_up}/30 dev eth1"])
+    ip(netns=lab.netns("cluster"), batch=[f"addr add {cluster_side}/30 dev {iface}",
+                                          f"link set {iface} up"])
+    vm = NetnsVM(lab, name, host, f"vm{index}", ns, vm_side, [f"{lab.net.cluster_network} via {cluster_side}"])
     vm.make_home()
     vm.start()
     return vm

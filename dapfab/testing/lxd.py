@@ -32,14 +32,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from dapfab.testing.lab import (
-    SYSCTLS,
-    LabError,
-    RunnerBackend,
-    _alive,
-    _ip,
-    _wait_for,
-)
+from dapfab.testing.runners import RunnerBackend
+from dapfab.testing.system import SYSCTLS, LabError, alive, ip, wait_for
 
 CACHE_DIR = Path("/var/cache/dapfab-lab")
 LXD_ROOT = Path("/var/lib/dapfab-lab")
@@ -167,7 +161,7 @@ class LxdRunner(RunnerBackend):
 
     def vm_address(self, key: str, prefix: bool = True) -> str:
         """The container's (``runner@mgmt``) or its gateway's (``mgmt@runner``) address."""
-        address = self.lab.addresses[key]
+        address = self.lab.net.addresses[key]
         return address if prefix else address.split("/")[0]
 
     def _nic(self, name: str) -> tuple[str, str, str]:
@@ -199,9 +193,9 @@ class LxdRunner(RunnerBackend):
                "HOME": "/root", "LANG": "C.UTF-8"}
         argv = ["ip", "netns", "exec", lab.netns("runner"), "lxd", "--group", "root",
                 f"--logfile={self.dir / 'lxd.log'}"]
-        proc = lab._spawn(argv, log=self.dir / "lxd.out", env=env)
+        proc = lab.procs.spawn(argv, log=self.dir / "lxd.out", env=env)
         lab.state()["lxd"] = proc.pid
-        lab._save()
+        lab.statefile.save()
         try:
             _run(["lxd", "waitready", f"--timeout={int(DAEMON_TIMEOUT)}"], env=env,
                  what="lxd waitready", timeout=DAEMON_TIMEOUT + 5)
@@ -236,16 +230,16 @@ class LxdRunner(RunnerBackend):
     # -- RunnerBackend -----------------------------------------------------------------------
 
     def up(self) -> None:
-        lab, a = self.lab, self.lab.addresses
+        lab, a = self.lab, self.lab.net.addresses
         ensure_packages()
         self.dir.mkdir(mode=0o700, exist_ok=True)
         _quiet_client(self.dir)
         ns, cluster = lab.netns("runner"), lab.netns("cluster")
-        _ip("netns", "add", ns)
-        _ip(netns=ns, batch=["link set lo up",
-                             f"link add eth1 type veth peer name eth0 netns {cluster}",
-                             f"addr add {a['runner@cluster']} dev eth1", "link set eth1 up"])
-        _ip(netns=cluster, batch=[f"addr add {a['cluster@runner']} dev eth0", "link set eth0 up"])
+        ip("netns", "add", ns)
+        ip(netns=ns, batch=["link set lo up",
+                            f"link add eth1 type veth peer name eth0 netns {cluster}",
+                            f"addr add {a['runner@cluster']} dev eth1", "link set eth1 up"])
+        ip(netns=cluster, batch=[f"addr add {a['cluster@runner']} dev eth0", "link set eth0 up"])
         lab.run("runner", SYSCTLS + "; echo 1 > /proc/sys/net/ipv4/ip_forward", env=None,
                 via_netns=True)
         nat = ("table ip dapfab_lab_nat {\n  chain postrouting {\n"
@@ -271,7 +265,7 @@ class LxdRunner(RunnerBackend):
         """Another runner container behind mgmt (a grown lab), with the cluster's kubeconfig."""
         self._create(name)
         self.lab.state().setdefault("containers", []).append(name)
-        self.lab._save()
+        self.lab.statefile.save()
         self.start_container(name)
         kubeconfig = self.lab.state_dir / "cluster" / "kubeconfig"
         if kubeconfig.exists():
@@ -284,7 +278,7 @@ class LxdRunner(RunnerBackend):
     def container_init(self, name: str) -> int | None:
         """The PID of container ``name``'s init, if it runs."""
         pid = self.lab.state().get(self._init_key(name))
-        return pid if _alive(pid) else None
+        return pid if alive(pid) else None
 
     def start_container(self, name: str) -> None:
         if self.container_init(name):
@@ -292,13 +286,13 @@ class LxdRunner(RunnerBackend):
         self.lxc("start", name, what="lxc start")
         state = json.loads(self.lxc("query", f"/1.0/instances/{name}/state"))
         pid = int(state.get("pid") or 0)
-        if not _alive(pid):
+        if not alive(pid):
             raise LabError(f"container {name} has no running init: {state.get('status')}")
         self.lab.state()[self._init_key(name)] = pid
-        self.lab._save()
+        self.lab.statefile.save()
         # No DHCP here: the network is configured as a cloud-init would, from outside.
         veth, gateway, address = self._nic(name)
-        _ip(netns=self.lab.netns("runner"), batch=[
+        ip(netns=self.lab.netns("runner"), batch=[
             f"addr replace {gateway} dev {veth}", f"link set {veth} up"])
         script = (f"ip link set lo up && ip addr add {address} dev eth0 && "
                   f"ip link set eth0 up && ip route add default via {gateway.split('/')[0]}")
@@ -311,9 +305,9 @@ class LxdRunner(RunnerBackend):
         init = self.container_init(name)
         if init:
             self.lxc("stop", "--force", name, what="lxc stop")
-            _wait_for(lambda: not _alive(init), 10, f"{name} to stop")
+            wait_for(lambda: not alive(init), 10, f"{name} to stop")
         self.lab.state()[self._init_key(name)] = None
-        self.lab._save()
+        self.lab.statefile.save()
 
     def _install_client(self) -> None:
         """The real client on mgmt: a copy of /usr/bin/lxc in the lab's bin, the lab's
@@ -345,17 +339,17 @@ class LxdRunner(RunnerBackend):
         except LabError:
             state = {}
         pid = state.get("lxd")
-        if _alive(pid):
+        if alive(pid):
             for name in [self.vm_name, *state.get("containers", [])]:
                 with contextlib.suppress(LabError):
                     self.lxc("delete", "--force", name, timeout=60)
             os.kill(pid, signal.SIGTERM)  # lxd shuts down cleanly on SIGTERM
             with contextlib.suppress(LabError):
-                _wait_for(lambda: not _alive(pid), 30, "the LXD daemon to stop")
-            if _alive(pid):
+                wait_for(lambda: not alive(pid), 30, "the LXD daemon to stop")
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
-                _wait_for(lambda: not _alive(pid), 10, "the LXD daemon to die")
-        self.lab._reap()
+                wait_for(lambda: not alive(pid), 10, "the LXD daemon to die")
+        self.lab.procs.reap()
         # What the daemon left: processes of the container (its monitor lives in the
         # daemon's netns and is killed by lab.down) and the socket file.
         self.socket.unlink(missing_ok=True)

@@ -34,7 +34,7 @@ def leftovers(lab: Lab) -> dict[str, list[str]]:
              if p.startswith((lab.prefix, lab.state_dir.name))]
     return {
         "netns": netns, "links": links, "files": files, "mounts": mounts,
-        "routes": [r for r in routes.splitlines() if str(lab.block) in r],
+        "routes": [r for r in routes.splitlines() if str(lab.net.block) in r],
     }
 
 
@@ -78,7 +78,7 @@ def test_up_replaces_a_stale_lab_left_by_a_killed_run(lab):
     stale = Lab(lab.lab_id)  # another process's view: only names and files to go by
     stale.up()
     assert [pid for pid in old if alive(pid)] == []
-    lab._state = None  # the session's lab object re-reads the new state
+    lab.statefile.forget()  # the session's lab object re-reads the new state
     assert ssh(lab, "mgmt", "incus exec lab-runner -- true").returncode == 0
 
 

@@ -273,7 +273,7 @@ class _Call:
         if outcome.get("op") == "exit":
             out, err = (output.captured for output in self.outputs)
             return Result(self.command, int(outcome["code"]), out, err)
-        raise _error(outcome)
+        raise errors.from_wire(outcome)
 
     def _loop(self, deadline: float | None, timeout: float | None,
               abort: threading.Event | None) -> dict[str, Any]:
@@ -365,17 +365,6 @@ def _keeper_lost(sock: socket.socket, what: str) -> errors.SSHError:
         hop="keeper",
         hint="run the command again (a new keeper starts); `inv config.disconnect` stops keepers",
     )
-
-
-def _error(outcome: dict[str, Any]) -> errors.DapError:
-    """The DapError the keeper reported, rebuilt with its class, hop, hint and exit code."""
-    kind = getattr(errors, str(outcome.get("type")), errors.DapError)
-    if not (isinstance(kind, type) and issubclass(kind, errors.DapError)):
-        kind = errors.DapError
-    err = kind.__new__(kind)
-    errors.DapError.__init__(err, str(outcome.get("message")), hint=outcome.get("hint"),
-                             hop=outcome.get("hop"), exit_code=outcome.get("exit_code"))
-    return err
 
 
 def _restore_tstp(previous: Any) -> None:

@@ -89,6 +89,17 @@ class Interrupted(DapError):
     hop = "laptop"
 
 
+def command_timed_out(timeout: float) -> DapTimeout:
+    """A command still running after the caller's ``timeout`` seconds (it was stopped)."""
+    return DapTimeout(f"command still running after {timeout:g} s; stopped it", hop="runner",
+                      hint="raise the timeout")
+
+
+def stopped_with_others() -> Interrupted:
+    """A command stopped by fan-out's abort event (docs/design.md §13)."""
+    return Interrupted("stopped with the others", hop="laptop")
+
+
 class OutputClosed(DapError, BrokenPipeError):
     """Our stdout or stderr was closed by its reader (``| head``): the remote command was
     stopped. Exit 141, what a shell sees from a pipeline member killed by SIGPIPE; it is also

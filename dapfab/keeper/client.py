@@ -318,10 +318,9 @@ class _Call:
                         os.kill(pid, signal.SIGKILL)
                 raise _keeper_lost(self.sock, f"stopped answering for {HEARTBEAT_TIMEOUT} s; killed it")
             if abort is not None and abort.is_set():
-                raise errors.Interrupted("stopped with the others", hop="laptop")
+                raise errors.stopped_with_others()
             if deadline is not None and now > deadline:
-                raise errors.DapTimeout(f"command still running after {timeout:g} s; stopped it",
-                                        hop="runner", hint="raise the timeout")
+                raise errors.command_timed_out(timeout)
 
     def _on_tstp(self) -> Any:
         """Ctrl-Z while the command runs: tell the keeper to pause it (it stops reading the

@@ -8,6 +8,7 @@ from typing import Any
 from invoke import Collection, Context, Exit, task
 
 from dapfab.config import DEFAULTS, RunnerConfig
+from dapfab.curl import DEFAULT_TIMEOUT as CURL_TIMEOUT
 from dapfab.tasks.edge import (
     CONTEXT_HELP,
     NAMESPACE_HELP,
@@ -314,7 +315,7 @@ def json_text(value: Any, indent: int | None = None) -> str:
         "no_fail": "exit 0 for HTTP status >= 400 too (default: exit 22)",
         "json": "print {status, headers, body} as JSON: headers maps each lower-cased name to "
         "the list of its values; body_base64 instead of body when not UTF-8",
-        "timeout": "seconds curl may take, more than 0 (default 30)",
+        "timeout": f"seconds curl may take, more than 0 (default {CURL_TIMEOUT:g})",
         "parallel": PARALLEL_HELP,
     },
 )
@@ -340,7 +341,8 @@ def curl(
 
     url = validate_url(url)
     headers = header_lines(_header_args(header or []))
-    seconds = validate_seconds(timeout if timeout is not None else 30, what="--timeout")
+    seconds = validate_seconds(timeout if timeout is not None else CURL_TIMEOUT,
+                               what="--timeout")
     names = resolve_runners(c, runner)
     body = _request_body(data)
     verb = (method or ("POST" if body is not None else "GET")).upper()

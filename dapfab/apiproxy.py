@@ -241,7 +241,7 @@ class ApiProxy:
         self.kubeconfig = KubeconfigFile(
             None if kubeconfig is None else Path(kubeconfig), name=default_kubeconfig_name(self.name))
         self.bridge = LaptopBridge(config, laptop_port=laptop_port, on_event=self.event,
-                                   token=self.token, tls=tls)
+                                   relay=self._relay, token=self.token, tls=tls)
         self.socket_path: str | None = None
         self.restarts = 0
         self.closed = threading.Event()
@@ -249,6 +249,12 @@ class ApiProxy:
         self._stderr = bytearray()
         self._out = bytearray()
         self._process = None
+
+    def _relay(self, _listener: int | None) -> str:
+        """The bridge's relay for one laptop connection: to kubectl proxy's socket (the
+        bridge starts only once the socket is up)."""
+        assert self.socket_path is not None
+        return relay_command(self.socket_path)
 
     def event(self, message: str) -> None:
         """Pass ``message`` on with the token redacted."""
@@ -307,7 +313,6 @@ class ApiProxy:
                                  + self._detail(), hop="kubectl",
                                  hint="check the runner's kubectl: inv k8s.kubectl -- version")
         assert self.socket_path is not None
-        self.bridge.relay = relay_command(self.socket_path)
         self.bridge.start()
         self.kubeconfig.write(kubeconfig_text(self.name, self.url, self.token, self.namespace,
                                              self.ca))

@@ -41,7 +41,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from dapfab.commands import validate_port
-from dapfab.errors import ConfigError
+from dapfab.errors import ConfigError, DapError
+from dapfab.execution import RemoteProcess
 from dapfab.gate import Refused, RequestGate
 from dapfab.remote import scripts
 from dapfab.remote.protocol import RELAY_NOT_OURS, RELAY_REFUSED
@@ -203,9 +204,6 @@ class BridgedConnection:
 
     def run(self) -> None:
         """Carry the connection until either side ends, then stop the relay and close."""
-        from dapfab.errors import DapError
-        from dapfab.execution import RemoteProcess
-
         bridge = self.bridge
         reader = _SocketReader(self)
         if bridge.token is not None:

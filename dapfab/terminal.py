@@ -27,13 +27,17 @@ import tty
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from dapfab.calls import run_command
+from dapfab.connection import POOL
+from dapfab.errors import RunnerError
+from dapfab.execution import RemoteProcess
 from dapfab.quoting import join
 from dapfab.remote import scripts
 from dapfab.remote.incus import exec_argv
+from dapfab.result import Result
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
-    from dapfab.result import Result
 
 INTERACTIVE_SUBCOMMANDS = {"edit"}
 TTY_SUBCOMMANDS = {"exec", "attach", "run", "debug"}
@@ -88,12 +92,6 @@ def on_terminal() -> bool:
 def run_with_pty(config: RunnerConfig, command: str) -> Result:
     """Run ``command`` in the VM on a pty wired to this process's terminal; its Result
     (whatever the exit code)."""
-    from dapfab.calls import run_command
-    from dapfab.connection import POOL
-    from dapfab.errors import RunnerError
-    from dapfab.execution import RemoteProcess
-    from dapfab.result import Result
-
     config = dataclasses.replace(config, persist=0)  # a pty session keeps its own connection
 
     staged = run_command(

@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -277,8 +278,6 @@ class _Call:
 
     def _loop(self, deadline: float | None, timeout: float | None,
               abort: threading.Event | None) -> dict[str, Any]:
-        import select
-
         self.heard = sent = time.monotonic()
         pipes = {o.read_end: o for o in self.outputs if o.read_end is not None}
         while True:

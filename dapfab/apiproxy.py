@@ -309,7 +309,6 @@ class ApiProxy:
                 raise DapTimeout(f"kubectl proxy not ready after {self.ready_timeout:g} s"
                                  + self._detail(), hop="kubectl",
                                  hint="check the runner's kubectl: inv k8s.kubectl -- version")
-        assert self.socket_path is not None
         self.bridge.start()
         self.kubeconfig.write(kubeconfig_text(self.name, self.url, self.token, self.namespace,
                                              self.ca))

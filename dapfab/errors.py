@@ -40,7 +40,7 @@ class DapError(Exception):
 
     def to_wire(self) -> dict[str, Any]:
         """This error as JSON values (class name, message, hop, hint, exit code) for
-        :func:`from_wire` across the keeper's socket (docs/design.md §12); the result stays."""
+        :func:`from_wire` across the keeper's socket (docs/design.md §12); ``result`` stays here."""
         return {"type": type(self).__name__, "message": self.message, "hop": self.hop,
                 "hint": self.hint, "exit_code": self.exit_code}
 
@@ -89,17 +89,6 @@ class Interrupted(DapError):
     hop = "laptop"
 
 
-def command_timed_out(timeout: float) -> DapTimeout:
-    """A command still running after the caller's ``timeout`` seconds (it was stopped)."""
-    return DapTimeout(f"command still running after {timeout:g} s; stopped it", hop="runner",
-                      hint="raise the timeout")
-
-
-def stopped_with_others() -> Interrupted:
-    """A command stopped by fan-out's abort event (docs/design.md §13)."""
-    return Interrupted("stopped with the others", hop="laptop")
-
-
 class OutputClosed(DapError, BrokenPipeError):
     """Our stdout or stderr was closed by its reader (``| head``): the remote command was
     stopped. Exit 141, what a shell sees from a pipeline member killed by SIGPIPE; it is also
@@ -128,6 +117,17 @@ def from_wire(fields: Mapping[str, Any]) -> DapError:
     kind = WIRE_CLASSES.get(str(fields.get("type")), DapError)
     return kind(str(fields.get("message")), hint=fields.get("hint"), hop=fields.get("hop"),
                 exit_code=fields.get("exit_code"))
+
+
+def command_timed_out(timeout: float) -> DapTimeout:
+    """A command still running after the caller's ``timeout`` seconds (it was stopped)."""
+    return DapTimeout(f"command still running after {timeout:g} s; stopped it", hop="runner",
+                      hint="raise the timeout")
+
+
+def stopped_with_others() -> Interrupted:
+    """A command stopped by fan-out's abort event (docs/design.md §13)."""
+    return Interrupted("stopped with the others", hop="laptop")
 
 
 # Characters a terminal acts on instead of showing: C0/C1 controls and DEL (Unicode Cc), the

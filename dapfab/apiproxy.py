@@ -31,10 +31,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dapfab.bridge import LaptopBridge
 from dapfab.commands import validate_context, validate_namespace
 from dapfab.errors import CommandError, ConfigError, DapError, DapTimeout, Interrupted
-from dapfab.forward import READY_TIMEOUT
+from dapfab.execution import RemoteProcess
+from dapfab.forward import READY_TIMEOUT, sigterm_cleanup
 from dapfab.keeper import place
+from dapfab.quoting import quote
 from dapfab.remote import protocol, scripts
 from dapfab.tls import throwaway_certificate
 
@@ -61,8 +64,6 @@ def proxy_command(context: str | None = None) -> str:
 
 def dry_command(context: str | None = None) -> str:
     """The reference line for ``--dry``/``--echo``: the private directory as a placeholder."""
-    from dapfab.quoting import quote
-
     extra = f" {quote('--context=' + validate_context(context))}" if context else ""
     return ("kubectl proxy --unix-socket=<private dir>/api.sock --api-prefix=/ "
             f"--reject-paths='^$' --accept-hosts='^localhost$,^127\\.0\\.0\\.1$,^::1$'{extra}")
@@ -225,8 +226,6 @@ class ApiProxy:
         ready_timeout: float = READY_TIMEOUT,
         on_event: Callable[[str], None] | None = None,
     ) -> None:
-        from dapfab.bridge import LaptopBridge
-
         self.config = config
         self.name = name or config.vm_name
         if not NAME.fullmatch(self.name):
@@ -241,14 +240,20 @@ class ApiProxy:
         self.kubeconfig = KubeconfigFile(
             None if kubeconfig is None else Path(kubeconfig), name=default_kubeconfig_name(self.name))
         self.bridge = LaptopBridge(config, laptop_port=laptop_port, on_event=self.event,
-                                   token=self.token, tls=tls)
+                                   relay=self._relay, token=self.token, tls=tls)
         self.socket_path: str | None = None
         self.restarts = 0
         self.closed = threading.Event()
         self._ready = threading.Event()
         self._stderr = bytearray()
         self._out = bytearray()
-        self._process = None
+        self._process: RemoteProcess | None = None
+
+    def _relay(self, _listener: int | None) -> str:
+        """The bridge's relay for one laptop connection: to kubectl proxy's socket (the
+        bridge starts only once the socket is up)."""
+        assert self.socket_path is not None
+        return relay_command(self.socket_path)
 
     def event(self, message: str) -> None:
         """Pass ``message`` on with the token redacted."""
@@ -287,8 +292,6 @@ class ApiProxy:
 
     def open(self) -> Path:
         """Bind the laptop port, start kubectl proxy, write the kubeconfig; its path."""
-        from dapfab.execution import RemoteProcess
-
         self.kubeconfig.prepare()  # as a port in use, a directory that cannot be used fails
         self.bridge.bind()  # here, before anything is sent
         process = RemoteProcess(self.config, proxy_command(self.context),
@@ -306,8 +309,6 @@ class ApiProxy:
                 raise DapTimeout(f"kubectl proxy not ready after {self.ready_timeout:g} s"
                                  + self._detail(), hop="kubectl",
                                  hint="check the runner's kubectl: inv k8s.kubectl -- version")
-        assert self.socket_path is not None
-        self.bridge.relay = relay_command(self.socket_path)
         self.bridge.start()
         self.kubeconfig.write(kubeconfig_text(self.name, self.url, self.token, self.namespace,
                                              self.ca))
@@ -317,7 +318,7 @@ class ApiProxy:
         lines = self.redact(bytes(self._stderr).decode("utf-8", "replace")).strip().splitlines()
         return f": {lines[-1]}" if lines else ""
 
-    def _failure(self, process) -> DapError:  # noqa: ANN001 - a RemoteProcess
+    def _failure(self, process: RemoteProcess) -> DapError:
         try:
             code = process.wait(5.0)
         except DapError as err:
@@ -366,8 +367,6 @@ def api_proxy(config: RunnerConfig, **options: object) -> Iterator[Path]:
     default) raises :class:`~dapfab.errors.Interrupted` (exit code 143) so that this holds
     for it too.
     """
-    from dapfab.forward import sigterm_cleanup
-
     proxy = ApiProxy(config, **options)  # type: ignore[arg-type]
     with sigterm_cleanup(), proxy:
         yield proxy.kubeconfig.path

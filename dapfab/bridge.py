@@ -41,7 +41,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from dapfab.commands import validate_port
-from dapfab.errors import ConfigError
+from dapfab.errors import ConfigError, DapError
+from dapfab.execution import RemoteProcess
 from dapfab.gate import Refused, RequestGate
 from dapfab.remote import scripts
 from dapfab.remote.protocol import RELAY_NOT_OURS, RELAY_REFUSED
@@ -203,9 +204,6 @@ class BridgedConnection:
 
     def run(self) -> None:
         """Carry the connection until either side ends, then stop the relay and close."""
-        from dapfab.errors import DapError
-        from dapfab.execution import RemoteProcess
-
         bridge = self.bridge
         reader = _SocketReader(self)
         if bridge.token is not None:
@@ -217,7 +215,7 @@ class BridgedConnection:
             reader = _SocketReader(self, gate, first)
         process = RemoteProcess(
             bridge.config,
-            bridge.relay or relay_command(bridge.runner_port or 0, self.listener),
+            bridge.relay_for(self.listener),
             on_stdout=self._down,
             on_stderr=self._err,
             in_stream=reader,
@@ -274,8 +272,9 @@ class LaptopBridge:
     :attr:`addresses` what is listened on. A port already in use (on 127.0.0.1 or ::1) raises
     :class:`~dapfab.errors.ConfigError` (exit 2) at once. ``listener`` returns the inode of
     the forward's listening socket, or None while it is down (see the module docs); without
-    it, connections are relayed to whatever listens on the runner port. ``relay`` (VM shell
-    code) replaces the relay to the runner port, e.g. one to a Unix socket (k8s.proxy).
+    it, connections are relayed to whatever listens on the runner port. ``relay`` (given
+    the listener's inode, the VM shell code for one connection) replaces the relay to the
+    runner port, e.g. with one to a Unix socket (k8s.proxy).
     With ``token`` every connection is read as HTTP (over TLS with the server context
     ``tls``: :mod:`dapfab.tls`) through a :class:`~dapfab.gate.RequestGate`: nothing starts in the VM before its first request
     passed (bearer ``token``, a loopback ``Host``), and each request goes on without its
@@ -290,7 +289,7 @@ class LaptopBridge:
         laptop_port: int | str = 0,
         on_event: Callable[[str], None] | None = None,
         listener: Callable[[], int | None] | None = None,
-        relay: str | None = None,
+        relay: Callable[[int | None], str] | None = None,
         token: str | None = None,
         tls: ssl.SSLContext | None = None,
     ) -> None:
@@ -314,6 +313,12 @@ class LaptopBridge:
         self._listeners: list[socket.socket] = []
         self.addresses: list[str] = []
         self._acceptor: threading.Thread | None = None
+
+    def relay_for(self, listener: int | None) -> str:
+        """The VM shell code that carries one laptop connection."""
+        if self.relay is not None:
+            return self.relay(listener)
+        return relay_command(self.runner_port or 0, listener)
 
     def count(self, *, up: int = 0, down: int = 0) -> None:
         """Add to the byte counters (approximate under concurrency is fine for a status line)."""

@@ -28,7 +28,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dapfab import compat
-from dapfab.commands import validate_incus_client, validate_name, validate_seconds
+from dapfab.commands import (
+    validate_context,
+    validate_incus_client,
+    validate_name,
+    validate_namespace,
+    validate_seconds,
+)
 from dapfab.errors import ConfigError
 
 PLACEHOLDER_HOST = "user@mgmt.example.com"
@@ -278,8 +284,6 @@ class Profile:
     @classmethod
     def from_settings(cls, settings: Settings) -> Profile:
         """Build from the result of :func:`resolve`, checking every value."""
-        from dapfab.commands import validate_context, validate_namespace
-
         namespace = _optional(settings.value("kubectl.namespace"))
         context = _optional(settings.value("kubectl.context"))
         return cls(
@@ -363,7 +367,7 @@ def _plain(obj: Any) -> Any:
 def _unwrap(config: Any) -> Any:
     """An Invoke ``Context`` carries its ``Config`` in ``.config``."""
     try:
-        from invoke.context import Context
+        from invoke.context import Context  # here: importing dapfab.config loads no Invoke
     except ImportError:  # pragma: no cover - invoke is a dependency
         return config
     return config.config if isinstance(config, Context) else config

@@ -14,6 +14,7 @@ planted after the check is never followed.
 
 from __future__ import annotations
 
+import io
 import os
 import secrets
 import stat
@@ -39,7 +40,7 @@ def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _yaml() -> Any:
-    from ruamel.yaml import YAML
+    from ruamel.yaml import YAML  # ruamel.yaml here and below: `inv --list` imports this module
 
     yaml = YAML(typ="rt")
     yaml.preserve_quotes = True
@@ -140,8 +141,6 @@ def _updated(
 
 
 def _dump(yaml: Any, document: Any) -> str:
-    import io
-
     stream = io.StringIO()
     yaml.dump(document, stream)
     return stream.getvalue()

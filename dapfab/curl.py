@@ -24,14 +24,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dapfab.commands import validate_seconds, validate_url
-from dapfab.errors import ConfigError, CurlError
+from dapfab.errors import ConfigError, CurlError, DapTimeout
 from dapfab.remote import protocol, scripts
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
     from dapfab.result import Result
 
-DEFAULT_TIMEOUT = 30.0
+DEFAULT_TIMEOUT = 30.0  # seconds curl may take (its --max-time)
+GRACE = 30.0  # seconds past curl's own limit before dapfab stops the command itself
 _METHOD = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _HEADER_PARTS = re.compile(r"([^:;]*)([:;])(.*)", re.S)
@@ -242,13 +243,12 @@ def runner_curl(
     with curl's exit code and message; the SSH and runner hops raise their own errors.
     ``abort`` (set from another thread, as fan-out does) stops the request.
     """
-    from dapfab.calls import run_command
-    from dapfab.errors import DapTimeout
+    from dapfab.calls import run_command  # not at the top: k8s.curl's help needs this module
 
     script, payload, timeout = _request(url, method, headers, data, timeout, insecure)
     try:
         result = run_command(config, script, hide=True, in_stream=io.BytesIO(payload),
-                             timeout=timeout + 30.0, abort=abort)
+                             timeout=timeout + GRACE, abort=abort)
     except DapTimeout as err:
         err.hop = "curl"
         raise

@@ -26,10 +26,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from dapfab.connection import POOL, check_key_file
 from dapfab.errors import DapError, DapTimeout, SSHError, shown
 from dapfab.quoting import join, quote
 from dapfab.remote import scripts
 from dapfab.remote.incus import client_words, exec_argv
+from dapfab.run import run_in_runner
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
@@ -106,8 +108,6 @@ def check_config(load: Callable[[], RunnerConfig]) -> tuple[Check, RunnerConfig 
 
 
 def check_key(config: RunnerConfig) -> Check:
-    from dapfab.connection import check_key_file
-
     try:
         path = check_key_file(config)
     except DapError as err:
@@ -122,8 +122,6 @@ def check_key(config: RunnerConfig) -> Check:
 
 def check_hops(config: RunnerConfig) -> tuple[Check, Check]:
     """Connect every hop: the gateway's check and the management host's check."""
-    from dapfab.connection import POOL
-
     try:
         with POOL.session(config) as (link, _channel):
             hops = link.hops
@@ -144,8 +142,6 @@ def check_hops(config: RunnerConfig) -> tuple[Check, Check]:
 
 def on_mgmt(config: RunnerConfig, command: str, timeout: float = REMOTE_TIMEOUT) -> tuple[int, str, str]:
     """Run ``command`` with the management host's login shell: (exit code, stdout, stderr)."""
-    from dapfab.connection import POOL
-
     with POOL.session(config) as (link, channel):
         channel.exec_command(command)
         out, err = bytearray(), bytearray()
@@ -251,8 +247,6 @@ def check_tools(config: RunnerConfig) -> Check:
 
 def in_vm(config: RunnerConfig, code: str) -> Any:
     """Run ``code`` in the VM through the launcher, as every dapfab command runs."""
-    from dapfab.run import run_in_runner
-
     direct = dataclasses.replace(config, persist=0)  # a live keeper must not hide a broken path
     return run_in_runner(direct, code, hide=True, warn=True, in_stream=False,
                          timeout=REMOTE_TIMEOUT)

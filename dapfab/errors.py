@@ -6,6 +6,7 @@ Rendered to one line only at the CLI edge (:func:`render`); the library raises.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -36,6 +37,12 @@ class DapError(Exception):
     def __str__(self) -> str:
         text = f"{self.hop}: {self.message}"
         return f"{text} ({self.hint})" if self.hint else text
+
+    def to_wire(self) -> dict[str, Any]:
+        """This error as JSON values (class name, message, hop, hint, exit code) for
+        :func:`from_wire` across the keeper's socket (docs/design.md §12); ``result`` stays here."""
+        return {"type": type(self).__name__, "message": self.message, "hop": self.hop,
+                "hint": self.hint, "exit_code": self.exit_code}
 
 
 class ConfigError(DapError):
@@ -95,6 +102,32 @@ class CurlError(DapError):
     """curl failed in the runner (its own exit code) or, for ``k8s.curl``, HTTP >= 400 (22)."""
 
     hop = "curl"
+
+
+# The classes an error keeps across the keeper's socket; any other name arrives as a plain
+# DapError (with the same message, hop, hint and exit code).
+WIRE_CLASSES: dict[str, type[DapError]] = {kind.__name__: kind for kind in (
+    DapError, ConfigError, SSHError, HostKeyError, RunnerError, CommandError, DapTimeout,
+    Interrupted, OutputClosed, CurlError,
+)}
+
+
+def from_wire(fields: Mapping[str, Any]) -> DapError:
+    """The error :meth:`DapError.to_wire` gave as ``fields`` (other keys are ignored)."""
+    kind = WIRE_CLASSES.get(str(fields.get("type")), DapError)
+    return kind(str(fields.get("message")), hint=fields.get("hint"), hop=fields.get("hop"),
+                exit_code=fields.get("exit_code"))
+
+
+def command_timed_out(timeout: float) -> DapTimeout:
+    """A command still running after the caller's ``timeout`` seconds (it was stopped)."""
+    return DapTimeout(f"command still running after {timeout:g} s; stopped it", hop="runner",
+                      hint="raise the timeout")
+
+
+def stopped_with_others() -> Interrupted:
+    """A command stopped by fan-out's abort event (docs/design.md §13)."""
+    return Interrupted("stopped with the others", hop="laptop")
 
 
 # Characters a terminal acts on instead of showing: C0/C1 controls and DEL (Unicode Cc), the

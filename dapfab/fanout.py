@@ -22,11 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
+from dapfab import laptopfiles
 from dapfab.calls import run_command
 from dapfab.commands import kubectl_argv, kubectl_command
 from dapfab.config import DEFAULTS
 from dapfab.errors import DapError, shown
-from dapfab.laptopfiles import stdin_for
 from dapfab.streams import caller_stdin, hide_flags, read_chunk
 
 if TYPE_CHECKING:
@@ -288,7 +288,7 @@ def run_in_runners(
         out, err = printers(name, lock, hide, out_stream, err_stream)
         code = command if isinstance(command, str) else command[name]
         stdin = feed.reader(index) if feed is not None else False
-        given = stdin_for(stdin_prefix, stdin or None) if stdin_prefix else stdin
+        given = laptopfiles.stdin_for(stdin_prefix, stdin or None) if stdin_prefix else stdin
         try:
             result = run_command(runners[name], code, hide=hide, in_stream=given, timeout=timeout,
                                  out_stream=out, err_stream=err, abort=abort)  # type: ignore[arg-type]
@@ -323,8 +323,6 @@ def kubectl_in_runners(
     """:func:`run_in_runners` for ``kubectl ARGS``; ``namespace``/``context`` may be one
     value for all or a mapping per runner name. With ``laptop_files``, every runner gets
     the laptop files ARGS name (see :func:`dapfab.run.kubectl_in_runner`)."""
-    from dapfab import laptopfiles
-
     def pick(value: Any, name: str) -> Any:
         return value.get(name) if isinstance(value, Mapping) else value
 

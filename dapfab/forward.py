@@ -32,11 +32,11 @@ from dapfab.commands import (
     validate_seconds,
 )
 from dapfab.errors import CommandError, ConfigError, DapError, DapTimeout, Interrupted
+from dapfab.execution import RemoteProcess
 from dapfab.remote import protocol, scripts
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
-    from dapfab.execution import RemoteProcess
 
 log = logging.getLogger("dapfab.forward")
 
@@ -111,8 +111,6 @@ class _Attempt:
     """One ``kubectl port-forward`` process and what it said."""
 
     def __init__(self, config: RunnerConfig, command: str) -> None:
-        from dapfab.execution import RemoteProcess
-
         self.stdout = bytearray()
         self.stderr = bytearray()
         self.ready = threading.Event()

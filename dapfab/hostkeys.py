@@ -23,6 +23,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import paramiko
+from paramiko.hostkeys import HostKeyEntry
+
 from dapfab.errors import HostKeyError
 
 
@@ -184,8 +187,6 @@ def enforce(
 ) -> None:
     """Make a paramiko ``SSHClient`` that will connect to ``name`` (as known_hosts writes
     it: ``host`` or ``[host]:port``) check host keys as the module docs say."""
-    import paramiko
-
     markers = [marker for marker in read_markers(known_hosts) if marker.covers(name)]
     revoked = [marker for marker in markers if marker.kind == "revoked"]
 
@@ -213,8 +214,6 @@ def load_known_hosts(into: Any, path: str, skip: Any = None) -> None:
     paramiko's own loader gives up on the whole file at the first line it cannot parse
     (``@cert-authority``, ``@revoked``, a broken line); those lines are skipped here instead.
     """
-    from paramiko.hostkeys import HostKeyEntry
-
     try:
         with open(path, encoding="utf-8", errors="replace") as lines:
             for line in lines:

@@ -26,6 +26,7 @@ from typing import Any
 
 from dapfab.errors import ConfigError, DapError
 from dapfab.remote import protocol, scripts
+from dapfab.streams import read_chunk
 
 # A tmpfs mounted here in the command's own mount namespace (made by the launcher for each
 # call): only that call sees it, and it is gone with the namespace, however the call ends.
@@ -378,8 +379,6 @@ class Prefixed(io.RawIOBase):
         return True
 
     def read1(self, size: int = -1) -> bytes:
-        from dapfab.streams import read_chunk
-
         if self.head:
             size = len(self.head) if size < 0 else size
             chunk, self.head = bytes(self.head[:size]), self.head[size:]

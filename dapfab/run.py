@@ -11,9 +11,14 @@ import sys
 from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, Any
 
+from dapfab import laptopfiles
 from dapfab.calls import run_command
+from dapfab.commands import incus_command, kubectl_argv, kubectl_command, validate_seconds
 from dapfab.errors import CommandError
+from dapfab.quoting import join
 from dapfab.result import Result
+from dapfab.streams import caller_stdin, hide_flags
+from dapfab.terminal import run_with_pty
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
@@ -49,15 +54,11 @@ def run_in_runner(
     :class:`~dapfab.errors.CommandError` unless ``warn``. ``dry`` prints the reference
     command instead of running it.
     """
-    from dapfab.commands import incus_command, validate_seconds
-
     if timeout is not None:
         timeout = validate_seconds(timeout, what="timeout")
     if show_reference(incus_command(config, command, pty=pty), dry=dry, echo=echo):
         return Result(command=command, exited=0)
     if pty:
-        from dapfab.terminal import run_with_pty
-
         result = run_with_pty(config, command)
     else:
         result = run_command(
@@ -87,9 +88,6 @@ def kubectl_in_runner(
     their VM paths, and ``cp POD:PATH LOCAL`` writes LOCAL here (docs/design.md §15); every
     other word goes as given. Without a pty only.
     """
-    from dapfab import laptopfiles
-    from dapfab.commands import kubectl_command
-
     if isinstance(args, str):
         raise TypeError("args must be a sequence of strings, not one string")
     files = laptopfiles.plan(list(args)) if laptop_files and not opts.get("pty") else None
@@ -107,11 +105,6 @@ def _kubectl_with_files(config: RunnerConfig, files: Any, namespace: str | None,
                         context: str | None, opts: dict[str, Any]) -> Result:
     """kubectl with laptop files: the bundle goes in front of the command's stdin, the
     command is ``sh/files.sh`` around kubectl; ``cp POD:PATH LOCAL`` is written here."""
-    from dapfab import laptopfiles
-    from dapfab.commands import incus_command, kubectl_argv
-    from dapfab.quoting import join
-    from dapfab.streams import caller_stdin, hide_flags
-
     argv = kubectl_argv(files.args, namespace=namespace, context=context)
     reference = join(argv)
     dry, echo = bool(opts.pop("dry", False)), bool(opts.pop("echo", False))

@@ -26,13 +26,17 @@ import termios
 import tty
 from typing import TYPE_CHECKING, Any
 
+from dapfab.calls import run_command
+from dapfab.connection import POOL
+from dapfab.errors import RunnerError
+from dapfab.execution import RemoteProcess
 from dapfab.quoting import join
 from dapfab.remote import scripts
 from dapfab.remote.incus import exec_argv
+from dapfab.result import Result
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
-    from dapfab.result import Result
 
 # How stale DIR/alive may get before the pty session is killed, in seconds.
 GUARD_STALE = 5
@@ -42,12 +46,6 @@ _STAGED = re.compile(r"/[^\0\n]*/dapfab\.[A-Za-z0-9]{10}")
 def run_with_pty(config: RunnerConfig, command: str) -> Result:
     """Run ``command`` in the VM on a pty wired to this process's terminal; its Result
     (whatever the exit code)."""
-    from dapfab.calls import run_command
-    from dapfab.connection import POOL
-    from dapfab.errors import RunnerError
-    from dapfab.execution import RemoteProcess
-    from dapfab.result import Result
-
     config = dataclasses.replace(config, persist=0)  # a pty session keeps its own connection
 
     staged = run_command(

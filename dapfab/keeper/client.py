@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -273,12 +274,10 @@ class _Call:
         if outcome.get("op") == "exit":
             out, err = (output.captured for output in self.outputs)
             return Result(self.command, int(outcome["code"]), out, err)
-        raise _error(outcome)
+        raise errors.from_wire(outcome)
 
     def _loop(self, deadline: float | None, timeout: float | None,
               abort: threading.Event | None) -> dict[str, Any]:
-        import select
-
         self.heard = sent = time.monotonic()
         pipes = {o.read_end: o for o in self.outputs if o.read_end is not None}
         while True:
@@ -318,10 +317,9 @@ class _Call:
                         os.kill(pid, signal.SIGKILL)
                 raise _keeper_lost(self.sock, f"stopped answering for {HEARTBEAT_TIMEOUT} s; killed it")
             if abort is not None and abort.is_set():
-                raise errors.Interrupted("stopped with the others", hop="laptop")
+                raise errors.stopped_with_others()
             if deadline is not None and now > deadline:
-                raise errors.DapTimeout(f"command still running after {timeout:g} s; stopped it",
-                                        hop="runner", hint="raise the timeout")
+                raise errors.command_timed_out(timeout)
 
     def _on_tstp(self) -> Any:
         """Ctrl-Z while the command runs: tell the keeper to pause it (it stops reading the
@@ -365,17 +363,6 @@ def _keeper_lost(sock: socket.socket, what: str) -> errors.SSHError:
         hop="keeper",
         hint="run the command again (a new keeper starts); `inv config.disconnect` stops keepers",
     )
-
-
-def _error(outcome: dict[str, Any]) -> errors.DapError:
-    """The DapError the keeper reported, rebuilt with its class, hop, hint and exit code."""
-    kind = getattr(errors, str(outcome.get("type")), errors.DapError)
-    if not (isinstance(kind, type) and issubclass(kind, errors.DapError)):
-        kind = errors.DapError
-    err = kind.__new__(kind)
-    errors.DapError.__init__(err, str(outcome.get("message")), hint=outcome.get("hint"),
-                             hop=outcome.get("hop"), exit_code=outcome.get("exit_code"))
-    return err
 
 
 def _restore_tstp(previous: Any) -> None:

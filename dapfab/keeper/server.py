@@ -208,11 +208,11 @@ class ClientSession:
             with process:
                 outcome.update(op="exit", code=process.wait())
         except DapError as err:
-            outcome.update(op="error", type=type(err).__name__, message=err.message,
-                           hop=err.hop, hint=err.hint, exit_code=err.exit_code)
+            outcome.update(op="error", **err.to_wire())
         except Exception as exc:  # a bug: say so instead of hanging the client
-            outcome.update(op="error", type="DapError", message=f"keeper: {exc!r}",
-                           hop="keeper", hint="run with DAP_SSH_PERSIST=0", exit_code=255)
+            outcome.update(op="error", **DapError(f"keeper: {exc!r}", hop="keeper",
+                                                  hint="run with DAP_SSH_PERSIST=0",
+                                                  exit_code=255).to_wire())
 
     def _send(self, message: dict[str, Any]) -> None:
         with self.send_lock:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from invoke import Collection, Context, task
+from invoke import Collection, Context, Exit, task
 
 from dapfab import compat
 from dapfab.config import (
@@ -29,6 +29,9 @@ from dapfab.config import (
 from dapfab.configfile import export_lines, write_dap_section
 from dapfab.errors import ConfigError, DapError, shown
 from dapfab.tasks.edge import reported, resolve_runners
+
+# The keeper client, the connection pool and the doctor are imported in the tasks that use
+# them: `inv --list` and `--help` import this module and need none of them.
 
 # The keys config.init writes: (dotted path under dap, task parameter, prompt).
 # What config.init asks for: the runner keys that have a flag (--ssh-host -> ssh_host ...);
@@ -276,8 +279,6 @@ def doctor(c: Context, runner: str | None = None) -> None:
     incus, VM, bash, launcher tools, kubectl, kubeconfig, API server, curl. Exits 0 when
     all pass, else with the code of the first failing check's hop.
     """
-    from invoke import Exit
-
     from dapfab.connection import POOL
     from dapfab.doctor import doctor as run_doctor
 

@@ -12,9 +12,24 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 from dapfab.errors import shown
+
+if TYPE_CHECKING:
+    from dapfab.bridge import LaptopBridge
+
+
+class Served(Protocol):
+    """What runs until the signal and shows its state: a :class:`~dapfab.forward.Forward`
+    or an :class:`~dapfab.apiproxy.ApiProxy`."""
+
+    restarts: int
+
+    @property
+    def alive(self) -> bool: ...
+
+    def close(self) -> None: ...
 
 
 def _mib(count: int) -> str:
@@ -68,10 +83,10 @@ class ForwardDisplay:
                 sys.stderr.flush()
 
 
-def status_line(label: str, forward: Any, bridge: Any, kind: str = "forward") -> str:
+def status_line(label: str, served: Served, bridge: LaptopBridge | None, kind: str = "forward") -> str:
     """The live status: the forward's (or proxy's) state and restarts, and the bridge's traffic."""
-    state = "up" if forward.alive else "reconnecting"
-    status = f"{kind} {label} {state}, restarts {forward.restarts}"
+    state = "up" if served.alive else "reconnecting"
+    status = f"{kind} {label} {state}, restarts {served.restarts}"
     if bridge is not None:
         status += (
             f" | connections {bridge.open_connections} open, {bridge.total_connections} total"
@@ -80,21 +95,21 @@ def status_line(label: str, forward: Any, bridge: Any, kind: str = "forward") ->
     return status
 
 
-def wait_for_signal(label: str, forward: Any, bridge: Any, display: ForwardDisplay) -> None:
+def wait_for_signal(label: str, served: Served, bridge: LaptopBridge | None, display: ForwardDisplay) -> None:
     """Keep the status line fresh until Ctrl-C or SIGTERM (which the CLI edge raises)."""
     while True:
         time.sleep(0.5)
         if display.live:
-            display.update(status_line(label, forward, bridge, display.kind))
+            display.update(status_line(label, served, bridge, display.kind))
 
 
-def close(forward: Any, bridge: Any, display: ForwardDisplay) -> None:
-    """Close the bridge and the forward (gone in the VM when this returns); a second Ctrl-C
-    or SIGTERM cannot cut this short."""
+def close(served: Served, bridge: LaptopBridge | None, display: ForwardDisplay) -> None:
+    """Close the bridge and the forward or proxy (gone in the VM when this returns); a
+    second Ctrl-C or SIGTERM cannot cut this short."""
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
     display.done()
     if bridge is not None:
         bridge.close()
-    forward.close()
+    served.close()

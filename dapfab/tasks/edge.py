@@ -19,9 +19,10 @@ from typing import Any
 from invoke import Context, Exit, Task
 
 from dapfab import compat
-from dapfab.config import Profile, RunnerConfig
+from dapfab.commands import validate_context, validate_namespace
+from dapfab.config import DEFAULTS, Profile, RunnerConfig, resolve, runner_names
+from dapfab.errors import ConfigError
 from dapfab.exits import ended
-from dapfab.fanout import DEFAULT_PARALLEL
 
 
 class DapTask(Task):
@@ -64,7 +65,7 @@ def command_line_remainder(task: Task) -> list[str] | None:
 
 RUNNER_HELP = ("named runner profile (dap.runners.NAME); several at once: a,b or @GROUP "
                "(dap.groups.GROUP); default: $DAP_RUNNER or dap.runner")
-PARALLEL_HELP = f"with several runners: how many run at once (default: dap.fanout.parallel, {DEFAULT_PARALLEL})"
+PARALLEL_HELP = f"with several runners: how many run at once (default: dap.fanout.parallel, {DEFAULTS['fanout']['parallel']})"
 NAMESPACE_HELP = "kubectl --namespace (default: dap.kubectl.namespace)"
 CONTEXT_HELP = "kubectl --context (default: dap.kubectl.context)"
 
@@ -96,8 +97,6 @@ def resolve_call(
 ) -> Call:
     """Config files, ``DAP_*`` variables, the ``--runner`` profile, then the task's flags
     (``-n`` and ``--context`` beat every configured value); the tree is resolved once."""
-    from dapfab.commands import validate_context, validate_namespace
-
     profile = Profile.resolve(c.config, runner=runner)
     return Call(
         profile.runner,
@@ -110,8 +109,6 @@ def resolve_call(
 def resolve_runners(c: Context, runner: str | None) -> list[str] | None:
     """The profiles ``--runner`` (or ``DAP_RUNNER``) names: ``a,b`` and ``@GROUP``, all
     checked before anything runs; None for the default runner."""
-    from dapfab.config import runner_names
-
     return runner_names(c.config, runner)
 
 
@@ -119,8 +116,6 @@ def single_runner(names: list[str] | None, what: str) -> str | None:
     """The one profile of ``names`` (None: the default runner); ConfigError (exit 2) when
     ``what`` is asked of several."""
     if names is not None and len(names) > 1:
-        from dapfab.errors import ConfigError
-
         raise ConfigError(f"{what} runs on one runner, not {len(names)}",
                           hint="give --runner a single profile")
     return names[0] if names else None
@@ -128,9 +123,6 @@ def single_runner(names: list[str] | None, what: str) -> str | None:
 
 def fan_out_parallel(c: Context, parallel: str | None) -> int:
     """``--parallel``, else ``dap.fanout.parallel`` (``DAP_FANOUT_PARALLEL``): at least 1."""
-    from dapfab.config import resolve
-    from dapfab.errors import ConfigError
-
     value = parallel if parallel is not None else resolve(c.config, profile_from_env=False).value(
         "fanout.parallel")
     try:
@@ -151,6 +143,6 @@ def run_options(c: Context) -> dict[str, bool]:
 def announce(c: Context, reference: str) -> bool:
     """Print ``reference`` for Invoke's ``--dry`` or ``--echo``
     (:func:`dapfab.run.show_reference`); True if dry, when the task must run nothing."""
-    from dapfab.run import show_reference
+    from dapfab.run import show_reference  # run loads the SSH and keeper layers: not for --list
 
     return show_reference(reference, **run_options(c))

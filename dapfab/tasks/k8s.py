@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+import base64
 import copy
+import json
+import re
+import sys
+import threading
 from typing import Any
 
 from invoke import Collection, Context, Exit, task
 
+from dapfab.commands import (
+    KUBECTL_LOOKUP,
+    incus_command,
+    kubectl_argv,
+    kubectl_missing,
+    validate_namespace,
+    validate_port,
+    validate_seconds,
+    validate_url,
+    wants_pty,
+)
 from dapfab.config import DEFAULTS, RunnerConfig
+from dapfab.curl import DEFAULT_TIMEOUT as CURL_TIMEOUT
+from dapfab.curl import curl_dry_argv, header_lines, runner_curl
+from dapfab.errors import CommandError, ConfigError, DapError, render, shown
+from dapfab.quoting import join, quote
+from dapfab.streams import on_terminal
+from dapfab.tasks.display import ForwardDisplay, close, wait_for_signal
 from dapfab.tasks.edge import (
     CONTEXT_HELP,
     NAMESPACE_HELP,
@@ -24,6 +46,10 @@ from dapfab.tasks.edge import (
     run_options,
     single_runner,
 )
+
+# What runs commands (dapfab.run, .terminal, .fanout, .forward), what needs cryptography
+# (dapfab.bridge, .apiproxy) and dapfab.laptopfiles (tarfile) are imported in the tasks:
+# `inv --list` and `--help` import this module and need none of them.
 
 
 @task(
@@ -58,11 +84,8 @@ def kubectl(
     on a terminal, `exec -it`, `edit` and `attach` get a pty. File arguments that name
     laptop paths (-f deploy/, -k, --from-file, cp) are shipped to the VM.
     """
-    from dapfab import thin
-    from dapfab.commands import wants_pty
-    from dapfab.errors import CommandError
+    from dapfab import thin  # the keeper client: not at `inv --list`
     from dapfab.run import kubectl_in_runner
-    from dapfab.streams import on_terminal
 
     words = command_line_remainder(kubectl)
     if words is None:
@@ -87,11 +110,6 @@ def kubectl(
         # kubectl (or bash) already said why on stderr: pass its exit code through; when
         # bash could not find kubectl itself (127), add where to look.
         if err.exit_code == 127 and not _kubectl_present(call.config):
-            import sys
-
-            from dapfab.commands import kubectl_missing
-            from dapfab.errors import render
-
             print(render(kubectl_missing(call.config.vm_name)), file=sys.stderr, flush=True)
         raise Exit(code=err.exit_code) from None
 
@@ -102,9 +120,7 @@ def _kubectl_fan_out(c: Context, names: list[str], words: list[str], namespace: 
     of the first runner (in order) that failed. Laptop files go to every runner, unless
     ``laptop_files`` is off or the first runner's profile turns them off."""
     from dapfab import laptopfiles
-    from dapfab.commands import incus_command, kubectl_argv
     from dapfab.fanout import run_in_runners
-    from dapfab.quoting import join
 
     calls = {name: resolve_call(c, name, namespace, context) for name in names}
     laptop_files = laptop_files and calls[names[0]].laptop_files
@@ -126,9 +142,6 @@ def _kubectl_fan_out(c: Context, names: list[str], words: list[str], namespace: 
 
 def _finish_fan_out(outcomes: dict[str, Any]) -> None:
     """The summary on stderr, one line per runner; exit with the first failure's code."""
-    import sys
-
-    from dapfab.errors import shown
     from dapfab.fanout import exit_code
 
     for outcome in outcomes.values():
@@ -140,8 +153,6 @@ def _finish_fan_out(outcomes: dict[str, Any]) -> None:
 
 def _kubectl_present(config: RunnerConfig) -> bool:
     """Whether the VM's login shell finds kubectl (asked only after an exit 127)."""
-    from dapfab.commands import KUBECTL_LOOKUP
-    from dapfab.errors import DapError
     from dapfab.run import run_in_runner
 
     try:
@@ -181,7 +192,6 @@ def forward(
     Prints `Forwarding from 127.0.0.1:<port> -> <TARGET>:<PORT> (runner)` once ready (and
     `(laptop)` lines with --laptop-port); restarts kubectl on the same port when it exits.
     """
-    from dapfab.commands import incus_command, validate_port
     from dapfab.forward import forward_command, forward_dry_command, validate_target
 
     target = validate_target(target)
@@ -210,7 +220,6 @@ def _serve_forward(
     """Run the forward (and the laptop bridge, with ``wanted_laptop``) until a signal."""
     from dapfab.bridge import LaptopBridge
     from dapfab.forward import Forward
-    from dapfab.tasks.display import ForwardDisplay, close, wait_for_signal
 
     display = ForwardDisplay()
     bridge = None
@@ -237,8 +246,6 @@ def _serve_forward(
 
 def _laptop_file(flag: str, path: str, what: str) -> bytes:
     """The bytes of ``path`` on this machine, for a ``--FLAG @FILE`` value."""
-    from dapfab.errors import ConfigError
-
     try:
         with open(path, "rb") as handle:
             return handle.read()
@@ -251,8 +258,6 @@ def _laptop_file(flag: str, path: str, what: str) -> bytes:
 
 def _request_body(data: str | None) -> bytes | None:
     """``--data``: the text itself, ``@FILE`` a laptop file, ``@-`` this process's stdin."""
-    import sys
-
     if data is None:
         return None
     if data == "@-":
@@ -278,8 +283,6 @@ def _header_args(values: list[str]) -> list[str]:
 
 def response_json(response: Any) -> dict[str, Any]:
     """``{status, headers, body}``, or ``body_base64`` when the body is not UTF-8."""
-    import base64
-
     out: dict[str, Any] = {"status": response.status, "headers": response.headers}
     try:
         out["body"] = response.body.decode("utf-8")
@@ -292,9 +295,6 @@ def json_text(value: Any, indent: int | None = None) -> str:
     """``value`` as JSON with non-ASCII text kept readable, except C1 controls and bidi
     overrides: those become ``\\uXXXX`` escapes (the same JSON) so that a remote body cannot
     drive the terminal (``json.dumps`` escapes C0 itself)."""
-    import json
-    import re
-
     text = json.dumps(value, indent=indent, ensure_ascii=False)
     return re.sub("[\x80-\x9f\u202a-\u202e\u2066-\u2069]",
                   lambda m: f"\\u{ord(m.group()):04x}", text)
@@ -315,7 +315,7 @@ def json_text(value: Any, indent: int | None = None) -> str:
         "no_fail": "exit 0 for HTTP status >= 400 too (default: exit 22)",
         "json": "print {status, headers, body} as JSON: headers maps each lower-cased name to "
         "the list of its values; body_base64 instead of body when not UTF-8",
-        "timeout": "seconds curl may take, more than 0 (default 30)",
+        "timeout": f"seconds curl may take, more than 0 (default {CURL_TIMEOUT:g})",
         "parallel": PARALLEL_HELP,
     },
 )
@@ -333,15 +333,10 @@ def curl(
     parallel: str | None = None,
 ) -> None:
     """Run curl in the runner: body to stdout, `HTTP <status>` to stderr; exit 22 on >= 400."""
-    import sys
-
-    from dapfab.commands import incus_command, validate_seconds, validate_url
-    from dapfab.curl import curl_dry_argv, header_lines, runner_curl
-    from dapfab.quoting import join
-
     url = validate_url(url)
     headers = header_lines(_header_args(header or []))
-    seconds = validate_seconds(timeout if timeout is not None else 30, what="--timeout")
+    seconds = validate_seconds(timeout if timeout is not None else CURL_TIMEOUT,
+                               what="--timeout")
     names = resolve_runners(c, runner)
     body = _request_body(data)
     verb = (method or ("POST" if body is not None else "GET")).upper()
@@ -370,11 +365,6 @@ def _curl_fan_out(c: Context, names: list[str], url: str, request: dict[str, Any
                   json: bool, no_fail: bool, parallel: str | None) -> None:
     """``k8s.curl`` on several runners at once: each body with its prefix (or one JSON
     object per line, ``runner`` first), ``[name] HTTP <status>`` on stderr, a summary."""
-    import sys
-    import threading
-
-    from dapfab.commands import incus_command
-    from dapfab.curl import runner_curl
     from dapfab.fanout import fan_out, printers
 
     configs = {name: resolve_call(c, name).config for name in names}
@@ -429,7 +419,6 @@ def proxy(
     runner's credentials, and is deleted when the proxy ends.
     """
     from dapfab.apiproxy import dry_command
-    from dapfab.commands import incus_command, validate_namespace, validate_port
 
     wanted = validate_port(laptop_port if laptop_port is not None else 0, allow_zero=True,
                            what="--laptop-port")
@@ -447,8 +436,6 @@ def _serve_proxy(call: Call, name: str | None, laptop_port: int, kubeconfig: str
                  namespace: str | None) -> None:
     """Run the API proxy until a signal."""
     from dapfab.apiproxy import ApiProxy
-    from dapfab.quoting import quote
-    from dapfab.tasks.display import ForwardDisplay, close, wait_for_signal
 
     display = ForwardDisplay("proxy")
     proxy = ApiProxy(call.config, laptop_port=laptop_port, kubeconfig=kubeconfig,

@@ -13,7 +13,8 @@ import sys
 
 from invoke import ParseError, Program
 
-from dapfab.errors import render
+from dapfab.errors import ConfigError, render
+from dapfab.tasks import ns
 
 
 def _find_project_config(start: str) -> str | None:
@@ -54,8 +55,6 @@ class Dap(Program):
                 self.config.load_project(merge=False)
             super().update_config(merge=merge)
         except Exception as exc:  # a malformed invoke.yaml: say which file, exit 2
-            from dapfab.errors import ConfigError
-
             mark = getattr(exc, "problem_mark", None)
             where = f"{mark.name}:{mark.line + 1}" if mark is not None else project or "config"
             err = ConfigError(
@@ -68,6 +67,4 @@ class Dap(Program):
 
 def program() -> Dap:
     """The ``dap`` program over :data:`dapfab.tasks.ns`."""
-    from dapfab.tasks import ns
-
     return Dap(name="dap", binary="dap", namespace=ns, version="0.1.0")

@@ -26,6 +26,8 @@ import _signal as signal  # the C module: no enum import, a faster start
 import os
 import sys
 
+# Other modules are imported on the paths that need them: this starts for every `incus exec`.
+
 INSTANCES_FILE = ""  # filled in by the lab when it installs the program
 VERSION = "6.0.0"
 ENV_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dapfab.quoting import join
+from dapfab.run import run_in_runner
 
 
 def install_kubectl_plugins(config: Any, plugins: Mapping[str, str]) -> None:
@@ -13,8 +14,6 @@ def install_kubectl_plugins(config: Any, plugins: Mapping[str, str]) -> None:
 
     ``kubectl name ARGS`` then runs the script with ARGS, exactly as kubectl passes them.
     """
-    from dapfab.run import run_in_runner
-
     script = [
         "mkdir -p ~/bin",
         "{ grep -qs dapfab-test ~/.profile || echo 'PATH=$HOME/bin:$PATH # dapfab-test' >> ~/.profile; }",

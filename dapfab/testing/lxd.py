@@ -32,6 +32,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from dapfab.quoting import quote
 from dapfab.testing.runners import RunnerBackend
 from dapfab.testing.system import SYSCTLS, LabError, alive, ip, wait_for
 
@@ -366,8 +367,6 @@ class LxdRunner(RunnerBackend):
                 f"--wd=/proc/{init}/root/root", "--", *argv]  # resolved in the container
 
     def write_file(self, path: str, data: bytes, mode: int = 0o600, container: str | None = None) -> None:
-        from dapfab.quoting import quote
-
         init = self.container_init(container or self.vm_name)
         if not init:
             raise LabError(f"{container or 'the runner'} is not running")

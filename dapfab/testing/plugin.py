@@ -27,6 +27,10 @@ from typing import Any
 
 import pytest
 
+from dapfab.config import RunnerConfig
+from dapfab.keeper import client
+from dapfab.testing.waiting import wait_until
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "lab: needs root and the network-namespace lab")
@@ -47,7 +51,7 @@ def dapfab_lab() -> Iterator[Any]:
     reason = lab_unavailable()
     if reason:
         pytest.skip(reason)
-    from dapfab.testing.lab import Lab
+    from dapfab.testing.lab import Lab  # not for sessions without the lab (no root)
 
     the_lab = Lab()
     reuse = os.environ.get("DAPFAB_LAB_REUSE") == "1" and the_lab.status().get("up")
@@ -83,9 +87,6 @@ def lab(dapfab_lab: Any) -> Iterator[Any]:
 
 
 def _start_keeper(lab: Any) -> None:
-    from dapfab.keeper import client
-    from dapfab.testing.waiting import wait_until
-
     config = _config(lab)
     if client.status(config) is None:
         client.spawn(config)
@@ -105,8 +106,6 @@ def runner_config(lab: Any) -> Any:
 
 
 def _config(lab: Any) -> Any:
-    from dapfab.config import RunnerConfig
-
     return RunnerConfig(
         ssh_host=lab.ssh_host,
         ssh_key=lab.ssh_key,

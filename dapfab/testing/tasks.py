@@ -14,7 +14,7 @@ HELP = {
 
 
 def _lab(lab_id: int | None, backend: str | None = None):
-    from dapfab.testing.lab import Lab
+    from dapfab.testing.lab import Lab  # here and in demo: `inv --list` imports this module
 
     return Lab(lab_id=lab_id, backend=backend)
 

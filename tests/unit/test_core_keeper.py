@@ -15,8 +15,9 @@ import time
 import pytest
 from fakeremote import FakeHost, Job
 
+from dapfab import errors
 from dapfab.config import RunnerConfig
-from dapfab.errors import Interrupted, RunnerError
+from dapfab.errors import DapTimeout, Interrupted, RunnerError
 from dapfab.keeper import client, place, wire
 from dapfab.keeper.server import Keeper
 
@@ -126,12 +127,21 @@ def test_quit_stops_the_command_and_the_call_is_interrupted(keeper):
     abort = threading.Event()
     threading.Thread(target=lambda: (wait_for_job(host, "wait"), abort.set()), daemon=True).start()
     began = time.monotonic()
-    with pytest.raises(Interrupted):
+    with pytest.raises(Interrupted) as caught:
         call(config, "wait", abort=abort)
+    assert str(caught.value) == str(errors.stopped_with_others())
     # The keeper stops it on `quit` and says so; without that the client gives up after
     # QUIT_WAIT and only its leaving stops the command.
     assert time.monotonic() - began < client.QUIT_WAIT / 2
     assert host.quits == 1 and job_named(host, "wait").quit.is_set()
+
+
+def test_a_time_limit_stops_the_command_with_the_direct_calls_error(keeper):
+    config, host, _ = keeper
+    with pytest.raises(DapTimeout) as caught:
+        call(config, "wait", timeout=0.3)
+    assert str(caught.value) == str(errors.command_timed_out(0.3))  # as test_core_process's
+    assert job_named(host, "wait").quit.is_set()
 
 
 def job_named(host: FakeHost, command: str) -> Job:

@@ -13,7 +13,7 @@ from fakeremote import FakeHost, Job, echo_behaviour
 from dapfab import helpers as helpers_module
 from dapfab.config import RunnerConfig
 from dapfab.connection import MAX_SESSIONS
-from dapfab.errors import DapTimeout, OutputClosed, RunnerError, SSHError
+from dapfab.errors import DapTimeout, OutputClosed, RunnerError, SSHError, command_timed_out
 from dapfab.execution import OneShot, OnHelper, RemoteProcess
 
 
@@ -120,9 +120,10 @@ def test_stop_kills_the_command_and_the_helper_is_not_kept(config):
 
 def test_a_time_limit_stops_the_command(config):
     host = FakeHost()
-    with pytest.raises(DapTimeout):
+    with pytest.raises(DapTimeout) as caught:
         run(config, host.pool(), "wait", timeout=0.3)
     assert host.quits == 1
+    assert str(caught.value) == str(command_timed_out(0.3))  # as through a keeper
 
 
 def test_a_reader_that_left_stops_the_command(config):

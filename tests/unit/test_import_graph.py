@@ -162,7 +162,7 @@ def graph() -> Graph:
 
 def test_the_graph_sees_imports_at_every_level(graph):
     assert "dapfab.tasks.k8s" in graph["dapfab.tasks"]  # a package __init__ its submodule
-    assert "dapfab.tasks" in graph["dapfab.tasks.program"]  # inside a function
+    assert "dapfab.run" in graph["dapfab.tasks.edge"]  # inside a function
     assert "dapfab.errors" in graph["dapfab"]  # import_module("dapfab.errors")
     assert "dapfab.keeper.wire" in graph["dapfab.keeper.server"]  # from package import module
     assert not any(_inside(module, LEFT_OUT) for module in graph)

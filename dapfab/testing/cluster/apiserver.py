@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from . import access, discovery, openapi, remotecommand, resources, websocket
 from .pods import PodProcess
 from .portforward import PortForwardSession
+from .protobuf import ProtobufError, decode_object
 from .resources import KINDS, Kind, Obj
 
 MAX_BODY = 16 << 20
@@ -112,8 +113,6 @@ class Request:
     def json_body(self) -> Any:
         ctype = self.headers.get("content-type", "")
         if "protobuf" in ctype:  # kubectl create's typed clients
-            from dapfab.testing.cluster.protobuf import ProtobufError, decode_object
-
             try:
                 return decode_object(self.body)
             except ProtobufError as exc:
@@ -123,7 +122,7 @@ class Request:
         except ValueError:
             if "yaml" not in ctype:
                 raise HTTPError(400, "BadRequest", "body is not valid JSON") from None
-        from ruamel.yaml import YAML  # apply-patch+yaml may really be YAML
+        from ruamel.yaml import YAML  # apply-patch+yaml may really be YAML (only then ruamel)
 
         try:
             return YAML(typ="safe").load(self.body.decode())

@@ -19,7 +19,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from dapfab import compat
-from dapfab.errors import DapError, DapTimeout, Interrupted, OutputClosed, RunnerError
+from dapfab.errors import (
+    DapError,
+    OutputClosed,
+    RunnerError,
+    command_timed_out,
+    stopped_with_others,
+)
 from dapfab.helpers import HELPERS, HelperPool
 from dapfab.remote import launcher
 from dapfab.remote.incus import EXIT_ERROR_LINES, runner_failure
@@ -580,13 +586,9 @@ class RemoteProcess:
             ):
                 raise self.link.lost_error()
             if self.abort is not None and self.abort.is_set():
-                raise Interrupted("stopped with the others", hop="laptop")
+                raise stopped_with_others()
             if deadline is not None and time.monotonic() > deadline:
-                raise DapTimeout(
-                    f"command still running after {timeout:g} s; stopped it",
-                    hop="runner",
-                    hint="raise the timeout",
-                )
+                raise command_timed_out(timeout)
 
     def stop(self) -> None:
         """Kill the remote process tree and wait (bounded) until the launcher has exited."""

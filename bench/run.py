@@ -12,6 +12,7 @@ part above the ``<!-- notes -->`` marker; the notes below it are kept).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -505,6 +506,202 @@ class Bench:
         return rows
 
 
+    # -- the thin dap (rows 20-24) ---------------------------------------------------------
+    @property
+    def dap(self) -> list[str]:
+        """The installed ``dap`` script next to this interpreter (no pyenv-style shim in
+        front), else the same entry point through ``python -c``."""
+        script = Path(sys.executable).with_name("dap")
+        if script.exists():
+            return [str(script)]
+        return [sys.executable, "-c", "from dapfab.cli import main; main()"]
+
+    @property
+    def thin_env(self) -> dict[str, str]:
+        """Calls that use a keeper, importing this checkout's dapfab."""
+        return dict(self.kept, PYTHONPATH=str(REPO))
+
+    def dap_call(self, env: dict[str, str] | None = None) -> float:
+        """One ``dap k8s.kubectl -- get pods`` process in the project; its wall time."""
+        wall, _, code, _ = run_process(self.dap + ["k8s.kubectl", "--", "get", "pods"],
+                                       cwd=str(self.project), env=env or self.thin_env)
+        assert code == 0, f"dap k8s.kubectl exited {code}"
+        return wall
+
+    def thin_up(self) -> None:
+        """A live keeper and a record, so that the next ``dap`` call is thin."""
+        from dapfab.config import RunnerConfig
+        from dapfab.keeper import client
+
+        self.dap_call()
+        config = RunnerConfig.from_env(self.thin_env)
+        deadline = time.monotonic() + 20
+        while client.status(config) is None:
+            assert time.monotonic() < deadline, "no keeper came up"
+            time.sleep(0.05)
+        self.dap_call()
+
+    def persist_argv(self, command: str = "kubectl get pods") -> list[str]:
+        """An OpenSSH call that starts or reuses a ControlPersist master (ServerAliveInterval 5)."""
+        return self.ssh + ["-o", "ControlMaster=auto", "-o", f"ControlPath={self.control}",
+                           "-o", "ControlPersist=60", "-o", "ServerAliveInterval=5",
+                           "mgmt", self.remote(command)]
+
+    def persist_call(self) -> tuple[float, int]:
+        wall, _, code, _ = run_process(self.persist_argv())
+        return wall, code
+
+    def thin_calls(self, runs: int) -> list[Row]:
+        """Rows 20 and 21: a warm thin ``dap k8s.kubectl -- get pods`` against an OpenSSH
+        ControlPersist call of the same command, and against a cold ``ssh -J``."""
+        self.thin_up()
+        assert self.persist_call()[1] == 0  # the master is up from here on
+        calls: dict[str, list[float]] = {"dap": [], "persist": [], "cold": []}
+        for _ in range(runs):
+            calls["dap"].append(self.dap_call())
+            calls["persist"].append(self.persist_call()[0])
+            calls["cold"].append(self.ssh_call(master=False))
+        self.master_down()
+        ours, persist, cold = (statistics.median(v) for v in calls.values())
+        row20 = Row(20, "thin `dap k8s.kubectl -- get pods` vs an OpenSSH ControlPersist call",
+                    f"{ours * 1000:.0f} ms", f"{persist * 1000:.0f} ms", ours / persist, "<= 0.8")
+        row20.passed = check(row20.ratio, row20.goal)  # type: ignore[arg-type]
+        row21 = Row(21, "thin `dap k8s.kubectl -- get pods` vs a cold `ssh -J`",
+                    f"{ours * 1000:.0f} ms", f"{cold * 1000:.0f} ms", ours / cold, "<= 0.25")
+        row21.passed = check(row21.ratio, row21.goal)  # type: ignore[arg-type]
+        return [row20, row21]
+
+    def thin_loop(self, runs: int, calls: int = 50) -> Row:
+        """Row 22: ``calls`` sequential ``dap`` calls from a shell loop vs as many OpenSSH
+        ControlPersist calls; neither a keeper nor a master before the first."""
+
+        def loop(argv: list[str], env: dict[str, str], cwd: str | None) -> float:
+            script = f"for i in $(seq {calls}); do {shlex.join(argv)} >/dev/null || exit 1; done"
+            wall, _, code, _ = run_process(["bash", "-c", script], env=env, cwd=cwd)
+            assert code == 0, f"the loop exited {code}"
+            return wall
+
+        def ours() -> float:
+            self.keepers_down()
+            return loop(self.dap + ["k8s.kubectl", "--", "get", "pods"], self.thin_env,
+                        str(self.project))
+
+        def theirs() -> float:
+            self.master_down()
+            return loop(self.persist_argv(), self.env, None)
+
+        a, b = interleave(runs, ours, theirs)
+        self.master_down()
+        ma, mb = statistics.median(a), statistics.median(b)
+        row = Row(22, f"{calls} sequential `dap k8s.kubectl -- get pods` vs {calls} "
+                  "ControlPersist calls", f"{ma:.1f} s", f"{mb:.1f} s", ma / mb, "<= 0.8")
+        row.passed = check(row.ratio, row.goal)  # type: ignore[arg-type]
+        return row
+
+    def thin_start(self, runs: int) -> Row:
+        """Row 23: the thin client's own time, from exec to its ``run`` request at the
+        keeper's socket (a stand-in keeper that answers ``hello`` and notes the time),
+        against the whole of ``python3 -I -S -c pass``."""
+        from dapfab.config import RunnerConfig
+        from dapfab.identity import ConnectionIdentity
+        from dapfab.keeper import place, wire
+
+        self.thin_up()
+        config = RunnerConfig.from_env(self.thin_env)
+        path = place.socket_path(place.directory(), ConnectionIdentity.of(config).digest())
+        self.keepers_down()  # the stand-in takes the keeper's socket path
+
+        def ours() -> float:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                server.bind(path)
+                server.listen(1)
+                started = time.perf_counter()
+                client = subprocess.Popen(self.dap + ["k8s.kubectl", "--", "get", "pods"],
+                                          cwd=str(self.project), env=self.thin_env,
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL)
+                try:
+                    conn, _ = server.accept()
+                    with conn:
+                        reader = wire.Reader(conn)
+                        assert reader.next(10)[0].get("op") == "hello"
+                        wire.send(conn, {"op": "hello"})
+                        message = reader.next(10)
+                        took = time.perf_counter() - started
+                        assert message[0].get("op") == "run", message[0]
+                finally:
+                    client.kill()
+                    client.wait()
+                    os.unlink(path)
+            return took
+
+        def bare() -> float:
+            return run_process([sys.executable, "-I", "-S", "-c", "pass"])[0]
+
+        a, b = interleave(runs, ours, bare)
+        ma, mb = statistics.median(a), statistics.median(b)
+        row = Row(23, f"thin client, exec to request sent ({ma * 1000:.1f} ms), above "
+                  "`python3 -I -S -c pass` (goal <= 15 ms above)", f"{(ma - mb) * 1000:.1f} ms",
+                  f"{mb * 1000:.1f} ms", None, "<= 15 ms")
+        row.passed = (ma - mb) * 1000 <= 15
+        return row
+
+    def after_sleep(self, runs: int, asleep: float = 10.0) -> Row:
+        """Row 24: the first call after the connection died silently (the bastion's and
+        mgmt's sshd sessions frozen, the keeper stopped ``asleep`` seconds meanwhile) vs a
+        cold call; OpenSSH's ControlPersist master (ServerAliveInterval 5) through the same
+        is in the note."""
+
+        def sessions() -> list[int]:
+            return [pid for host in ("bastion", "mgmt")
+                    for pid, argv in self.lab.processes(host)  # type: ignore[attr-defined]
+                    if argv[0].startswith("sshd") and "[listener]" not in " ".join(argv)]
+
+        def after(stop: list[int], call: Callable[[], tuple[float, int]]) -> tuple[float, int]:
+            frozen = sessions()
+            for pid in frozen + stop:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                time.sleep(asleep)
+                for pid in stop:
+                    os.kill(pid, signal.SIGCONT)
+                return call()
+            finally:
+                for pid in frozen + stop:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGCONT)
+
+        def dap_once() -> tuple[float, int]:
+            wall, _, code, _ = run_process(self.dap + ["k8s.kubectl", "--", "get", "pods"],
+                                           cwd=str(self.project), env=self.thin_env)
+            return wall, code
+
+        ours, cold, theirs = [], [], []
+        for _ in range(runs):
+            self.thin_up()
+            (keeper,) = self.lab.keepers()  # type: ignore[attr-defined]
+            wall, code = after([keeper], dap_once)
+            assert code == 0, f"dap exited {code} after the sleep"
+            ours.append(wall)
+            cold.append(self.dap_call(dict(self.thin_env, DAP_SSH_PERSIST="0")))
+            assert self.persist_call()[1] == 0
+            master = int(subprocess.run(
+                self.ssh + ["-o", f"ControlPath={self.control}", "-O", "check", "mgmt"],
+                capture_output=True, text=True).stderr.split("pid=")[1].split(")")[0])
+            theirs.append(after([master], self.persist_call))
+            self.master_down()
+        ma, mc = statistics.median(ours), statistics.median(cold)
+        bound = 1.1 * mc + 2
+        row = Row(24, f"first call after a silent-dead connection ({asleep:.0f} s asleep) vs a "
+                  f"cold call (goal <= 1.1 x cold + 2 s = {bound:.2f} s)", f"{ma:.2f} s",
+                  f"{mc:.2f} s (cold dapfab)", ma / mc, "<= 1.1 x + 2 s")
+        row.passed = ma <= bound
+        row.note = "OpenSSH ControlPersist: " + ", ".join(
+            f"{wall:.1f} s exit {code}" for wall, code in theirs)
+        return row
+
     # -- fan-out (rows 16, 17) ------------------------------------------------------------
     def fleet(self) -> dict[str, dict]:
         """The grown lab's runner profiles (8 VMs behind 2 management hosts), grown once."""
@@ -685,7 +882,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lab-id", type=int, default=int(os.environ.get("DAPFAB_LAB_ID") or 7))
     parser.add_argument("--reuse", action="store_true", help="use a lab that is up; leave it up")
-    parser.add_argument("--rows", default=",".join(str(n) for n in range(1, 20)))
+    parser.add_argument("--rows", default=",".join(str(n) for n in range(1, 25)))
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args()
@@ -717,6 +914,11 @@ def main() -> int:
         ({17}, lambda: rows.append(bench.fanout_kubectl(3 if q else 7))),
         ({18, 19}, lambda: rows.extend(r for r in bench.api_proxy(1 if q else 3, 256 * MIB)
                                        if r.number in wanted)),
+        ({20, 21}, lambda: rows.extend(r for r in bench.thin_calls(5 if q else 11)
+                                       if r.number in wanted)),
+        ({22}, lambda: rows.append(bench.thin_loop(1 if q else 3))),
+        ({23}, lambda: rows.append(bench.thin_start(5 if q else 11))),
+        ({24}, lambda: rows.append(bench.after_sleep(1 if q else 3))),
         ({2}, lambda: rows.append(bench.warm(1 if q else 3, 50 if q else 200))),
         ({3}, lambda: rows.append(bench.stdin(1 if q else 3, 256 * MIB))),
         ({4}, lambda: rows.append(bench.stdout(1 if q else 3, 256 * MIB))),

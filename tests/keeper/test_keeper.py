@@ -566,7 +566,10 @@ def test_a_process_that_calls_again_holds_its_own_connection_past_the_keeper(lab
     proc = python(lab, OWN_AFTER_TWO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                   stderr=subprocess.PIPE)
     try:
-        assert proc.stdout.readline() == b"own\n", proc.stderr.read1()
+        ready = proc.stdout.readline()
+        if ready != b"own\n":
+            proc.kill()  # it waits on its stdin: its stderr ends only once it is gone
+        assert ready == b"own\n", proc.communicate()[1]
         lab.freeze(pid)
         try:
             out, err = proc.communicate(b"go\n", timeout=60)

@@ -19,7 +19,6 @@ from typing import IO, TYPE_CHECKING, Any
 
 from dapfab.connection import POOL
 from dapfab.execution import RemoteProcess
-from dapfab.identity import ConnectionIdentity
 from dapfab.keeper import client as keeper
 from dapfab.result import Result
 from dapfab.streams import StreamSink, caller_stdin, hide_flags
@@ -29,9 +28,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dapfab.calls")
 
-# Calls each thread made through a keeper, per connection identity. Per thread, so that a
-# fan-out's workers, one call each, do not open connections their process will not use.
-_kept_calls: dict[tuple[ConnectionIdentity, int], int] = {}
+# Calls each thread made through a keeper, per config (the keeper already computed its
+# identity). Per thread, so that a fan-out's workers, one call each, do not open connections
+# their process will not use.
+_kept_calls: dict[tuple[RunnerConfig, int], int] = {}
 _kept_lock = threading.Lock()
 
 
@@ -78,7 +78,7 @@ def run_command(
 def _after_kept_call(config: RunnerConfig) -> None:
     """Count a call made through a keeper; at a thread's second, open this process's own
     connection in the background."""
-    key = (ConnectionIdentity.of(config), threading.get_ident())
+    key = (config, threading.get_ident())
     with _kept_lock:
         count = _kept_calls[key] = _kept_calls.get(key, 0) + 1
     if count == 2:

@@ -11,10 +11,9 @@ from dapfab import thin
 def main() -> None:
     """Entry point of the ``dap`` console script."""
     argv = sys.argv[1:]
-    code = thin.try_run(argv)
+    code = thin.try_run(argv)  # on a miss, armed to record what the full path resolves
     if code is not None:
         sys.exit(code)
-    thin.arm(argv)  # before Invoke reads a config file
     from dapfab.tasks.program import program
 
     program().run()

@@ -94,14 +94,7 @@ def _shape(argv: Sequence[str]) -> list[str] | None:
 
 # -- the full path's side ---------------------------------------------------------------
 
-_armed: Situation | None = None
-
-
-def arm(argv: Sequence[str]) -> None:
-    """Before the full path reads any config file: note the situation of a call of the
-    thin path's shape, so that :func:`remember` can record what was resolved in it."""
-    global _armed
-    _armed = Situation.now() if _shape(argv) is not None else None
+_armed: Situation | None = None  # set by a miss of try_run: what remember() records
 
 
 def remember(call: Call) -> None:
@@ -174,11 +167,26 @@ def _record(situation: Situation) -> dict[str, Any] | None:
 
 def try_run(argv: Sequence[str]) -> int | None:
     """Run ``argv`` (without the program's name) on the thin path and return its exit
-    code; None when the full path must run it (nothing has run then)."""
+    code; None when the full path must run it (nothing has run then). A miss of the thin
+    path's shape arms :func:`remember` with the situation taken here, before the full path
+    reads any config file."""
+    global _armed
+    _armed = None
     words = _shape(argv)
-    if words is None or (wants_pty(words) and on_terminal()):
+    if words is None:
         return None
-    record = _record(Situation.now())
+    situation = Situation.now()
+    code = _run(words, situation)
+    if code is None:
+        _armed = situation
+    return code
+
+
+def _run(words: list[str], situation: Situation) -> int | None:
+    """:func:`try_run` once the shape is right: the exit code, or None for the full path."""
+    if wants_pty(words) and on_terminal():
+        return None
+    record = _record(situation)
     if record is None:
         return None
     try:

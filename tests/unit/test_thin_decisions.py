@@ -34,7 +34,7 @@ def situation(tmp_path, monkeypatch):
 
 
 def remembered(argv=("k8s.kubectl", "--", "get", "pods"), persist=60):
-    thin.arm(list(argv))
+    assert thin.try_run(list(argv)) is None  # no record yet: a miss, which arms the full path
     call = Call(RunnerConfig(ssh_host="ops@mgmt.example", vm_name="runner", persist=persist),
                 "team-a", None, True)
     thin.remember(call)

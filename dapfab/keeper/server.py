@@ -15,6 +15,7 @@ import fcntl
 import io
 import logging
 import os
+import select
 import socket
 import sys
 import threading
@@ -35,6 +36,7 @@ log = logging.getLogger("dapfab.keeper")
 
 ACCEPT_POLL = 0.5  # seconds between checks of the idle deadline
 GO_WAIT = 5.0  # seconds a client has to confirm a request the keeper accepted
+LOCK_WAIT = 3.0  # seconds a new keeper waits for a starting or stopping one
 MAX_CONFIG = 1 << 16  # bytes of config on stdin
 
 
@@ -50,6 +52,8 @@ class Keeper:
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.socket_path = place.socket_path(place.directory(), self.identity.digest())
+        # stop() wakes the accept loop; a socket pair, so the keeper holds no pipe of anybody's
+        self.wake_read, self.wake_write = socket.socketpair()
 
     def stop(self) -> None:
         """Stop taking calls at once (the socket goes away now), then exit."""
@@ -57,6 +61,7 @@ class Keeper:
             if not self.stopping.is_set():
                 self.stopping.set()
                 self._unlink()
+                self.wake_write.send(b"x")  # now: the lock is free for a new keeper sooner
 
     def _unlink(self) -> None:
         try:
@@ -68,12 +73,9 @@ class Keeper:
     def serve(self) -> int:
         """Lock, listen and serve until idle for ``persist`` seconds or stopped; exit code."""
         lock = os.open(place.lock_path(self.socket_path), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                return 0  # another keeper serves this identity
-            raise
+        if not self._take(lock):
+            os.close(lock)
+            return 0  # another keeper serves this identity
         mine = b"%d\n" % os.getpid()
         os.pwrite(lock, mine, 0)  # then cut: a reader never sees an empty file
         os.ftruncate(lock, len(mine))
@@ -87,17 +89,35 @@ class Keeper:
             finally:
                 os.umask(old_umask)
             listener.listen(64)
-            listener.settimeout(ACCEPT_POLL)
             threading.Thread(target=self._warm, daemon=True).start()
             self._accept(listener)
         finally:
             with self.lock:
                 if not self.stopping.is_set():
+                    self.stopping.set()  # a late stop() has nothing left to do
                     self._unlink()
             listener.close()
+            os.close(lock)  # a new keeper may start while this one closes its connections
+            self.wake_read.close()
+            self.wake_write.close()
             self.helpers.connections.close_all()
-            os.close(lock)
         return 0
+
+    def _take(self, lock: int) -> bool:
+        """Take the identity's lock; False if another keeper serves. A holder without a
+        socket is starting (it listens soon) or stopping (its lock is free soon): wait for
+        either, up to LOCK_WAIT, so that a keeper started just after a stop serves."""
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+            if os.path.exists(self.socket_path) or time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
 
     def _warm(self) -> None:
         """Open the connection and leave an idle helper, so the first client finds both."""
@@ -110,13 +130,16 @@ class Keeper:
 
     def _accept(self, listener: socket.socket) -> None:
         while not self.stopping.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
+            ready, _, _ = select.select([listener, self.wake_read], [], [], ACCEPT_POLL)
+            if listener not in ready:
                 with self.lock:
                     idle = self.clients == 0 and time.monotonic() - self.idle_since > self.config.persist
                 if idle:
                     return
+                continue
+            try:
+                conn, _ = listener.accept()
+            except OSError:
                 continue
             with self.lock:
                 self.clients += 1
@@ -266,6 +289,7 @@ def main(argv: list[str]) -> int:
 
     os.umask(0o077)
     os.chdir("/")
+    _close_inherited()
     settings = _read_stdin(MAX_CONFIG)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)  # the spawner's pipe is not held for the daemon's life
@@ -274,6 +298,21 @@ def main(argv: list[str]) -> int:
     if argv != [ConnectionIdentity.of(config).digest()]:
         return 2  # a file changed since the spawner looked: the next call starts the right one
     return Keeper(config).serve()
+
+
+def _close_inherited() -> None:
+    """Close every descriptor above stderr that the spawner passed on by mistake (a pipe
+    left open here would keep its reader waiting for as long as the keeper lives)."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = list(range(3, 256))
+    for fd in fds:
+        if fd > 2:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def _read_stdin(limit: int) -> bytes:

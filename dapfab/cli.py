@@ -1,19 +1,17 @@
-"""The ``dap`` console script: the thin path first (:mod:`dapfab.thin`, no Invoke), else
-the full program (:mod:`dapfab.tasks.program`)."""
+"""The full ``dap`` program (the ``dapfab`` script, and what the thin ``dap`` of
+:mod:`dapfab.thin` execs when it cannot take a call): Invoke over dapfab's task tree,
+leaving a record for the thin path (:mod:`dapfab.thinrecord`)."""
 
 from __future__ import annotations
 
 import sys
 
-from dapfab import thin
+from dapfab import thinrecord
 
 
 def main() -> None:
-    """Entry point of the ``dap`` console script."""
-    argv = sys.argv[1:]
-    code = thin.try_run(argv)  # on a miss, armed to record what the full path resolves
-    if code is not None:
-        sys.exit(code)
+    """Entry point of the full program."""
+    thinrecord.arm(sys.argv[1:])
     from dapfab.tasks.program import program
 
     program().run()

@@ -39,10 +39,11 @@ class DapError(Exception):
         return f"{text} ({self.hint})" if self.hint else text
 
     def to_wire(self) -> dict[str, Any]:
-        """This error as JSON values (class name, message, hop, hint, exit code) for
-        :func:`from_wire` across the keeper's socket (docs/design.md §12); ``result`` stays here."""
+        """This error as JSON values (class name, message, hop, hint, exit code, and the
+        line the CLI prints for it) for :func:`from_wire` across the keeper's socket
+        (docs/design.md §12); ``result`` stays here."""
         return {"type": type(self).__name__, "message": self.message, "hop": self.hop,
-                "hint": self.hint, "exit_code": self.exit_code}
+                "hint": self.hint, "exit_code": self.exit_code, "line": render(self)}
 
 
 class ConfigError(DapError):

@@ -16,13 +16,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from dapfab.errors import DapError, Interrupted, OutputClosed, render
-
-SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+from dapfab.thin import SIGNAL_EXIT, SIGNAL_NAMES
 
 
 def _raise_interrupted(signum: int, frame: object) -> None:
-    name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-    raise Interrupted(f"interrupted by {name}", exit_code=SIGNAL_EXIT[signum])
+    raise Interrupted(f"interrupted by {SIGNAL_NAMES[signum]}", exit_code=SIGNAL_EXIT[signum])
 
 
 @contextmanager

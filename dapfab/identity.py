@@ -16,42 +16,16 @@ small files.
 from __future__ import annotations
 
 import hashlib
-import os
-import stat as stat_module
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dapfab.compat import SSH_CONFIG_FILES
+from dapfab.thin import stamp
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
 
-FileStamp = tuple[str, str]  # path, what it holds (see stamp)
-
-
-def stamp(path: str) -> FileStamp:
-    """``path`` with what identifies its content: the SHA-256 of a regular file's bytes,
-    ``missing`` (or the error) when it cannot be opened, the file type of anything else
-    (``/dev/null``; a FIFO is never read)."""
-    path = os.path.expanduser(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return (path, "missing")
-    except OSError as exc:
-        return (path, f"error {exc.errno}")
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat_module.S_ISREG(mode):
-            return (path, f"type {stat_module.S_IFMT(mode):o}")
-        digest = hashlib.sha256()
-        while chunk := os.read(fd, 1 << 16):
-            digest.update(chunk)
-        return (path, digest.hexdigest())
-    except OSError as exc:
-        return (path, f"error {exc.errno}")
-    finally:
-        os.close(fd)
+FileStamp = tuple[str, str]  # path, what it holds (see dapfab.thin.stamp)
 
 
 @dataclass(frozen=True)

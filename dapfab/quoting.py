@@ -1,14 +1,14 @@
-"""The one quoting function of the package: POSIX shell quoting, once per shell crossed."""
+"""The one quoting function of the package: POSIX shell quoting, once per shell crossed.
+:func:`quote` is defined in :mod:`dapfab.thin`, the ``dap`` script that runs without the
+package."""
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Iterable
 
+from dapfab.thin import quote
 
-def quote(word: str) -> str:
-    """Quote ``word`` for one POSIX shell so that it parses back to exactly ``word``."""
-    return shlex.quote(word)
+__all__ = ["join", "quote"]
 
 
 def join(words: Iterable[str]) -> str:

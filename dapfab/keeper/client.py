@@ -18,13 +18,12 @@ import os
 import select
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 from typing import IO, TYPE_CHECKING, Any
 
-from dapfab import errors
+from dapfab import errors, thin
 from dapfab.identity import ConnectionIdentity
 from dapfab.keeper import place, wire
 from dapfab.remote.launcher import HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT, HELPER_STDIN_MAX
@@ -37,15 +36,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("dapfab.keeper")
 
 HELLO_WAIT = 2.0  # seconds a keeper has to answer a new client before it is bypassed
+START_WAIT = 5.0  # seconds the thin dap waits for a keeper it started to listen
 QUIT_WAIT = 20.0  # seconds to wait for the keeper to confirm a stopped command
 
-# The environment a keeper keeps: what finding the user's files, keys and agent needs, and
-# nothing else of the caller's (a daemon outlives it; secrets in the environment stay put).
-KEEPER_ENV = ("HOME", "USER", "LOGNAME", "PATH", "LANG", "SSH_AUTH_SOCK", "XDG_RUNTIME_DIR",
-              "PYTHONPATH", "DAP_DEBUG")
 
-# What run() found, for after_direct_call(): start a keeper, replace a stuck one, or neither.
-_wanted: dict[str, int | None] = {}
+# Stuck keepers run() bypassed, for after_direct_call() to replace: digest -> PID (0: unknown).
+_stuck: dict[str, int] = {}
 
 
 def run(
@@ -73,7 +69,9 @@ def run(
 
 def _connect(config: RunnerConfig) -> socket.socket | None:
     """A socket to a live keeper of ``config``'s identity that said hello, or None (and
-    what to do after the direct call is noted in ``_wanted``)."""
+    a stuck keeper to replace after the direct call is noted in ``_stuck``). When none
+    listens, one is started now, so that it is up by the next call (a sequence of calls
+    in a shell loop); this call runs directly meanwhile."""
     digest = ConnectionIdentity.of(config).digest()
     try:
         path = place.socket_path(place.directory(), digest)
@@ -82,11 +80,11 @@ def _connect(config: RunnerConfig) -> socket.socket | None:
         return None
     sock, found = _greet(path)
     if found == "absent":
-        _wanted[digest] = None  # no keeper: start one after this call
+        spawn(config)
     elif found == "foreign":
         log.warning("refusing keeper socket %s: another user's; running without a keeper", path)
     elif found == "stuck":
-        _wanted[digest] = wire.peer_pid(sock) or 0  # bypass it, and replace it after this call
+        _stuck[digest] = wire.peer_pid(sock) or 0  # bypass it, and replace it after this call
         sock.close()
         return None
     return sock
@@ -117,11 +115,11 @@ def _greet(path: str) -> tuple[socket.socket | None, str]:
 
 
 def after_direct_call(config: RunnerConfig) -> None:
-    """After a direct call: start a keeper if none was found (killing a stuck one first)."""
+    """After a direct call that bypassed a stuck keeper: kill it and start another."""
     digest = ConnectionIdentity.of(config).digest()
-    if digest not in _wanted:
+    if digest not in _stuck:
         return
-    stuck = _wanted.pop(digest)
+    stuck = _stuck.pop(digest)
     if stuck:
         try:
             os.kill(stuck, signal.SIGKILL)  # same uid: checked by SO_PEERCRED before
@@ -131,24 +129,16 @@ def after_direct_call(config: RunnerConfig) -> None:
 
 
 def spawn(config: RunnerConfig) -> None:
-    """Start a keeper daemon for ``config`` (it exits at once if one already serves).
-
-    The config travels on the daemon's stdin, never in its argv: every local user reads
-    ``/proc/PID/cmdline``, which shows only the identity's digest."""
+    """Start a keeper daemon for ``config`` (it exits at once if one already serves)."""
     settings = json.dumps(dataclasses.asdict(config)).encode()
-    env = {name: value for name, value in os.environ.items()
-           if name in KEEPER_ENV or name.startswith("LC_")}
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "dapfab.keeper", ConnectionIdentity.of(config).digest()],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, close_fds=True, cwd="/", env=env,
-    )
     try:
-        daemon.stdin.write(settings)  # a few hundred bytes: the pipe's buffer takes them
-    except OSError:
-        pass  # it died at once: the next call finds no keeper and starts another
-    finally:
-        daemon.stdin.close()
+        pid = thin.spawn_keeper(ConnectionIdentity.of(config).digest(), settings)
+    except OSError as exc:
+        log.debug("no keeper started: %s", exc)
+        return
+    # Reaped when it exits, or a long-lived caller would keep one zombie per keeper.
+    threading.Thread(target=os.waitpid, args=(pid, 0), name="dapfab-keeper-reaper",
+                     daemon=True).start()
 
 
 class _Output:
@@ -358,8 +348,13 @@ class _Call:
 
 def _keeper_lost(sock: socket.socket, what: str) -> errors.SSHError:
     pid = wire.peer_pid(sock)
+    return keeper_lost(f" (pid {pid})" if pid else "", what)
+
+
+def keeper_lost(who: str, what: str) -> errors.SSHError:
+    """The keeper ``who`` (`` (pid N)`` or nothing) ``what`` (ended, stopped answering)."""
     return errors.SSHError(
-        f"the keeper{f' (pid {pid})' if pid else ''} {what}",
+        f"the keeper{who} {what}",
         hop="keeper",
         hint="run the command again (a new keeper starts); `inv config.disconnect` stops keepers",
     )
@@ -373,7 +368,7 @@ def _restore_tstp(previous: Any) -> None:
 def status(config: RunnerConfig) -> int | None:
     """The PID of the live keeper of ``config``'s connection identity, or None; DapError
     if the keeper directory cannot be used."""
-    sock = _connect_quietly(_socket_path(config))
+    sock = _connect_quietly(socket_path(config))
     if sock is None:
         return None
     with sock:
@@ -383,7 +378,7 @@ def status(config: RunnerConfig) -> int | None:
 def stop(config: RunnerConfig | None = None) -> list[int]:
     """Stop the keeper of ``config``'s identity (every keeper of this user's with None);
     the PIDs of those that were running. Commands in flight through them end."""
-    paths = place.sockets(place.directory()) if config is None else [_socket_path(config)]
+    paths = place.sockets(place.directory()) if config is None else [socket_path(config)]
     stopped = []
     for path in paths:
         sock = _connect_quietly(path)
@@ -401,7 +396,8 @@ def stop(config: RunnerConfig | None = None) -> list[int]:
     return stopped
 
 
-def _socket_path(config: RunnerConfig) -> str:
+def socket_path(config: RunnerConfig) -> str:
+    """The socket of the keeper of ``config``'s connection identity."""
     return place.socket_path(place.directory(), ConnectionIdentity.of(config).digest())
 
 

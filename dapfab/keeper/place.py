@@ -8,6 +8,7 @@ import os
 import stat
 from pathlib import Path
 
+from dapfab import thin
 from dapfab.errors import ConfigError
 
 log = logging.getLogger("dapfab.keeper")
@@ -18,26 +19,14 @@ NAME = "dapfab"
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
-def _private(info: os.stat_result) -> bool:
-    """A directory of this user that no one else may enter or write (mode 0700 or less)."""
-    return (stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
-            and not info.st_mode & 0o077)
-
-
 def base() -> Path:
-    """``$XDG_RUNTIME_DIR`` when it is an absolute path to this user's directory of mode
-    0700 (not a symlink); else ``~/.cache``. Another user who can write the runtime
-    directory could rename ``dapfab`` away and plant files where dapfab said they are."""
+    """The directory that holds ``dapfab/``: :func:`dapfab.thin.keeper_base`."""
+    found = thin.keeper_base()
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isabs(runtime):
-        try:
-            if _private(os.lstat(runtime)):
-                return Path(runtime)
-        except OSError:
-            pass
+    if runtime and found != runtime:
         log.debug("XDG_RUNTIME_DIR %s is not a private directory of this user: using ~/.cache",
                   runtime)
-    return Path.home() / ".cache"
+    return Path(found)
 
 
 def directory(create: bool = True) -> Path:

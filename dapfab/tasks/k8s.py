@@ -84,7 +84,7 @@ def kubectl(
     on a terminal, `exec -it`, `edit` and `attach` get a pty. File arguments that name
     laptop paths (-f deploy/, -k, --from-file, cp) are shipped to the VM.
     """
-    from dapfab import thin  # the keeper client: not at `inv --list`
+    from dapfab import thinrecord  # the keeper client: not at `inv --list`
     from dapfab.run import kubectl_in_runner
 
     words = command_line_remainder(kubectl)
@@ -98,7 +98,7 @@ def kubectl(
         return
     call = resolve_call(c, names[0] if names else None, namespace, context)
     if not any(run_options(c).values()):
-        thin.remember(call)
+        thinrecord.remember(call)
     pty = wants_pty(words) and on_terminal()
     laptop = not no_laptop_files and call.laptop_files
     try:

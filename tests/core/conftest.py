@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from trust_helpers import cli_argv
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -20,9 +20,8 @@ def cli(lab):
             input: bytes | None = None, timeout: float = 120, **kwargs):
         full_env = {**os.environ, **lab.env(), **(env or {})}
         full_env.pop("DAP_RUNNER", None)
-        module = ["-m", "invoke"] if program == "invoke" else ["-c", "from dapfab.cli import main; main()"]
         return subprocess.run(
-            [sys.executable, *module, *argv], cwd=cwd, env=full_env, input=input,
+            cli_argv(*argv, program=program), cwd=cwd, env=full_env, input=input,
             capture_output=True, timeout=timeout, **kwargs,
         )
 

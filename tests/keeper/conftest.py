@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trust"))
-
-from trust_helpers import PLUGINS  # noqa: E402
+from trust_helpers import PLUGINS
 
 
 @pytest.fixture

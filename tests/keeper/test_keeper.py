@@ -381,7 +381,7 @@ def test_the_keepers_command_line_and_environment_show_no_config(lab):
     config = lab_config(lab)
     argv = _read(f"/proc/{pid}/cmdline").split(b"\0")[:-1]
     environ = _read(f"/proc/{pid}/environ")
-    assert argv[1:] == [b"-m", b"dapfab.keeper", ConnectionIdentity.of(config).digest().encode()]
+    assert argv[1:] == [b"-P", b"-m", b"dapfab.keeper", ConnectionIdentity.of(config).digest().encode()]
     secrets = [config.ssh_host, config.ssh_host.split("@")[-1], config.gateway, config.ssh_key,
                config.vm_name, config.known_hosts]
     assert [s for s in secrets if s.encode() in b"\0".join(argv) + environ] == []

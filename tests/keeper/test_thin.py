@@ -9,17 +9,22 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from trust_helpers import REPO, cli_env
 
+from dapfab.remote.launcher import HEARTBEAT_TIMEOUT
 from dapfab.testing.waiting import wait_until
 
 pytestmark = pytest.mark.lab
 
 HEAVY = {"invoke", "fabric", "paramiko", "yaml"}
 GET = ("k8s.kubectl", "--", "get", "pods", "-o", "name")
+# The thin dap as its sh part starts it (without site), its imports on stderr; on a miss it
+# execs the full program with the same -X option.
+THIN = [sys.executable, "-X", "importtime", "-I", "-S", str(REPO / "dapfab" / "thin.py")]
 
 
 @pytest.fixture
@@ -42,9 +47,8 @@ def dap(project, *argv: str, env: dict | None = None, thin: bool = True,
     run_env = {**base, **(env or {})}
     if not thin:
         run_env["DAPFAB_THIN"] = "0"
-    done = subprocess.run([sys.executable, "-X", "importtime", "-c",
-                           "from dapfab.cli import main; main()", *argv],
-                          cwd=repo, env=run_env, input=stdin, capture_output=True, timeout=120)
+    done = subprocess.run([*THIN, *argv], cwd=repo, env=run_env, input=stdin,
+                          capture_output=True, timeout=120)
     stderr, imported = split_stderr(done.stderr)
     return subprocess.CompletedProcess(done.args, done.returncode, done.stdout, stderr), imported
 
@@ -177,9 +181,8 @@ def start_thin(project, *words: str, **kwargs) -> subprocess.Popen:
     """``dap k8s.kubectl -- WORDS`` in the background (SIGINT at its default, as in a shell's
     foreground job)."""
     repo, _, env = project
-    return subprocess.Popen([sys.executable, "-X", "importtime", "-c",
-                             "from dapfab.cli import main; main()", "k8s.kubectl", "--", *words],
-                            cwd=repo, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    return subprocess.Popen([*THIN, "k8s.kubectl", "--", *words], cwd=repo, env=env,
+                            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             **kwargs)
 
@@ -219,3 +222,62 @@ def test_a_reader_that_goes_away_ends_the_thin_call_with_141_silently(lab, proje
     finally:
         proc.kill()
         proc.wait()
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_ctrl_z_pauses_the_call_past_the_heartbeat_timeout_and_fg_resumes_it(
+        lab, project, plugins):
+    thin_ready(project)
+    proc = start_thin(project, "stream", stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"tick\n"
+        os.kill(proc.pid, signal.SIGTSTP)
+        wait_until(lambda: _state(proc.pid) == "T", timeout=10, what="the thin dap stopped")
+        time.sleep(HEARTBEAT_TIMEOUT + 3)  # silent longer than the keeper would allow
+        assert lab.running("runner", "kubectl-stream")
+        os.kill(proc.pid, signal.SIGCONT)
+        for _ in range(3):
+            assert proc.stdout.readline() == b"tick\n"
+        os.kill(proc.pid, signal.SIGINT)
+        assert proc.wait(20) == 130
+        errors, imported = split_stderr(proc.stderr.read())
+        assert errors == b"dapfab: laptop: interrupted by Ctrl-C\n" and not imported & HEAVY
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_record_without_a_live_keeper_starts_one_and_stays_thin(project):
+    """Just after `config.disconnect` (the old keeper still closing), with a record: the
+    thin dap starts the keeper itself instead of going through Invoke."""
+    thin_ready(project)
+    repo, _, env = project
+    old = keeper_pid(project)
+    subprocess.run([sys.executable, "-c", "from dapfab.keeper import client; client.stop()"],
+                   cwd=repo, env=env, check=True, timeout=60)
+    done, imported = dap(project, *GET)
+    assert (done.returncode, done.stdout) == (0, b"pod/web\n"), done.stderr
+    assert not imported & HEAVY
+    new = keeper_pid(project)
+    assert new and new != old
+
+
+def test_the_installed_dap_script_takes_the_thin_path(project):
+    """The real launcher: its sh part finds the interpreter pip named and starts it without
+    site (-I: PYTHONPROFILEIMPORTTIME, which the full path would honour, is ignored)."""
+    installed = Path(sys.executable).with_name("dap")
+    assert installed.read_bytes() == (REPO / "dapfab" / "thin.py").read_bytes(), (
+        "reinstall dapfab (pip install -e .): the dap script is older than dapfab/thin.py")
+    thin_ready(project)
+    repo, _, env = project
+    env = dict(env, PYTHONPROFILEIMPORTTIME="1")
+    done = subprocess.run([str(installed), *GET], cwd=repo, env=env, capture_output=True,
+                          timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"pod/web\n", b"")
+    full = subprocess.run([str(installed), *GET], cwd=repo, env=dict(env, DAPFAB_THIN="0"),
+                          capture_output=True, timeout=60)
+    assert full.returncode == 0 and b"import time:" in full.stderr  # the probe works

@@ -56,8 +56,11 @@ def cli_env(lab, env: Mapping[str, str] | None = None, drop: tuple[str, ...] = (
 
 
 def cli_argv(*argv: str, program: str = "invoke") -> list[str]:
-    module = ["-m", "invoke"] if program == "invoke" else ["-c", "from dapfab.cli import main; main()"]
-    return [sys.executable, *module, *argv]
+    """``inv ARGV`` (with the tasks.py of the working directory), or ``dap ARGV`` as its sh
+    part starts it: the thin path when it can, else the full program."""
+    if program == "invoke":
+        return [sys.executable, "-m", "invoke", *argv]
+    return [sys.executable, "-I", "-S", str(REPO / "dapfab" / "thin.py"), *argv]
 
 
 def sshd_logins(lab) -> dict[str, int]:

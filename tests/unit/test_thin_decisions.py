@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,17 +29,21 @@ SCRIPT = REPO / "dapfab" / "thin.py"
 
 @pytest.fixture
 def situation(tmp_path, monkeypatch):
-    """A private runtime directory, a home and a project two levels down."""
-    runtime, home, repo = tmp_path / "run", tmp_path / "home", tmp_path / "ops" / "repo"
-    for place in (runtime, home, repo):
+    """A private runtime directory, a home and a project two levels down. The runtime
+    directory has a short path: the record names the keeper's socket, and under tmp_path (as
+    nobody, in CI's private TMPDIR) that path is longer than a Unix socket takes."""
+    runtime = tempfile.mkdtemp(prefix="dapfab-thin-", dir="/tmp")
+    home, repo = tmp_path / "home", tmp_path / "ops" / "repo"
+    for place in (home, repo):
         place.mkdir(parents=True, mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", runtime)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(repo)
     monkeypatch.setattr(thinrecord, "_armed", None)  # put back after the test
     for name in [n for n in os.environ if n.startswith(("DAP_", "INVOKE_"))]:
         monkeypatch.delenv(name)
-    return repo, home
+    yield repo, home
+    shutil.rmtree(runtime, ignore_errors=True)
 
 
 def remembered(argv=("k8s.kubectl", "--", "get", "pods"), persist=60):

@@ -1,6 +1,7 @@
 """A connection that died silently (the laptop slept, the Wi-Fi changed, a NAT forgot it)
 never makes the next call hang: it gets a fresh connection within a cold call's time plus
-about 2 s, through a keeper and in a process that holds its own (docs/design.md §10)."""
+about 2 s, through a keeper (called by the thin ``dap``, as a shell's calls are) and in a
+process that holds its own (docs/design.md §10)."""
 
 from __future__ import annotations
 
@@ -36,8 +37,10 @@ OWN_CONNECTION = """
 
 
 def kubectl(lab, persist: str) -> tuple[subprocess.CompletedProcess, float]:
+    """``dap k8s.kubectl``: from its third call with a keeper on, the thin path."""
     started = time.monotonic()
-    done = subprocess.run(cli_argv("k8s.kubectl", "--", "get", "pods", "-o", "name"), cwd=REPO,
+    done = subprocess.run(cli_argv("k8s.kubectl", "--", "get", "pods", "-o", "name",
+                                   program="dap"), cwd=REPO,
                           env=cli_env(lab, {"DAP_SSH_PERSIST": persist}), capture_output=True,
                           timeout=120)
     return done, time.monotonic() - started

@@ -98,8 +98,17 @@ class StreamSink:
             self.pipe_fd = None
 
     def __call__(self, data: bytes) -> None:
-        self.binary.write(data)
-        self.binary.flush()
+        write_all(self.binary, data)
+
+
+def write_all(stream: IO[bytes], data: bytes) -> None:
+    """Write all of ``data`` to the binary ``stream`` and flush it. A buffered stream whose
+    reader went away in the middle of a large write returns the part it wrote without an
+    error; writing the rest raises the BrokenPipeError that a single write() lost."""
+    view = memoryview(data)
+    while view:
+        view = view[stream.write(view) or 0:]
+    stream.flush()
 
 
 def reader_gone(sink: Sink) -> bool:

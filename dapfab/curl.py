@@ -19,13 +19,14 @@ import io
 import re
 import threading
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from dapfab.commands import validate_seconds, validate_url
 from dapfab.errors import ConfigError, CurlError, DapTimeout
 from dapfab.remote import protocol, scripts
+from dapfab.streams import write_all
 
 if TYPE_CHECKING:
     from dapfab.config import RunnerConfig
@@ -245,14 +246,48 @@ def runner_curl(
     """
     from dapfab.calls import run_command  # not at the top: k8s.curl's help needs this module
 
+    def run(script: str, stdin: bytes, limit: float) -> Result:
+        return run_command(config, script, hide=True, in_stream=io.BytesIO(stdin),
+                           timeout=limit, abort=abort)
+
+    return curl_with(run, url, method=method, headers=headers, data=data, timeout=timeout,
+                     insecure=insecure)
+
+
+def curl_with(
+    run: Callable[[str, bytes, float], Result],
+    url: str,
+    *,
+    method: str = "GET",
+    headers: Mapping[str, str] | Iterable[str] | None = (),
+    data: bytes | str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    insecure: bool = False,
+) -> Response:
+    """:func:`runner_curl` with the call made by ``run(script, stdin, time limit)``, which
+    returns the script's Result with its output captured (the keeper runs it on its own
+    connection)."""
     script, payload, timeout = _request(url, method, headers, data, timeout, insecure)
     try:
-        result = run_command(config, script, hide=True, in_stream=io.BytesIO(payload),
-                             timeout=timeout + GRACE, abort=abort)
+        result = run(script, payload, timeout + GRACE)
     except DapTimeout as err:
         err.hop = "curl"
         raise
     return _response(result)
+
+
+def show(response: Response, stdout: BinaryIO, stderr: BinaryIO, *, no_fail: bool = False) -> int:
+    """What ``k8s.curl`` prints of ``response``: ``HTTP <status>`` on stderr, the body on
+    stdout; the exit code (22 for a status of 400 or more, unless ``no_fail``)."""
+    write_all(stderr, b"HTTP %d\n" % response.status)
+    write_all(stdout, response.body)
+    return exit_code(response, no_fail=no_fail)
+
+
+def exit_code(response: Response, *, no_fail: bool = False) -> int:
+    """``k8s.curl``'s exit code for ``response``: 22 (curl's own for ``--fail``) for a
+    status of 400 or more, unless ``no_fail``; else 0."""
+    return 22 if response.status >= 400 and not no_fail else 0
 
 
 def _request(
@@ -304,8 +339,11 @@ __all__ = [
     "curl_dry_argv",
     "curl_options",
     "curl_script",
+    "curl_with",
+    "exit_code",
     "header_lines",
     "parse_headers",
     "runner_curl",
+    "show",
     "split_stderr",
 ]

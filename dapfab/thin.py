@@ -37,9 +37,9 @@ exec(SourceFileLoader("__main__", path).get_code("__main__"),
 ' "$self" "$@"
 ":"""
 
-# The thin ``dap``: ``dap k8s.kubectl -- ARGS`` goes straight to a live keeper, without
-# importing Invoke, Fabric, paramiko or YAML, nor anything of dapfab (this file is
-# installed as a script, outside the package).
+# The thin ``dap``: ``dap k8s.kubectl -- ARGS`` and ``dap k8s.curl URL`` go straight to a
+# live keeper, without importing Invoke, Fabric, paramiko or YAML, nor anything of dapfab
+# (this file is installed as a script, outside the package).
 #
 # After such a call, the full path (``dap`` through Invoke) leaves a *record* of what it
 # resolved (the keeper's socket and config, the kubectl command's start, whether laptop
@@ -67,6 +67,7 @@ import time
 VERSION = 3
 OFF = "DAPFAB_THIN"  # "0": always the full path
 TASK = "k8s.kubectl"
+CURL_TASK = "k8s.curl"
 CONFIG_NAMES = ("invoke.yaml", "invoke.yml", "invoke.json", "invoke.py")
 ENV_PREFIXES = ("DAP_", "INVOKE_")
 # The environment a keeper keeps (dapfab.keeper.client): what finding the user's files,
@@ -206,12 +207,28 @@ class Situation:
 def shape(argv: list[str]) -> list[str] | None:
     """kubectl's words if ``argv`` is exactly ``k8s.kubectl -- WORDS`` and nothing asks for
     the full path, else None."""
-    if len(argv) < 2 or argv[0] != TASK or argv[1] != "--":
-        return None
-    if os.environ.get(OFF) == "0" or os.environ.get("DAP_DEBUG") or os.environ.get(
-            "INVOKE_RUNTIME_CONFIG"):
+    if len(argv) < 2 or argv[0] != TASK or argv[1] != "--" or _switched_off():
         return None
     return list(argv[2:])
+
+
+def curl_url(argv: list[str]) -> str | None:
+    """The URL if ``argv`` is exactly ``k8s.curl http(s)://...`` (no flag) and nothing asks
+    for the full path, else None. The keeper validates the URL as the task does."""
+    if len(argv) != 2 or argv[0] != CURL_TASK or _switched_off():
+        return None
+    url = argv[1]
+    return url if url[:8].lower().startswith(("http://", "https://")) else None
+
+
+def takes(argv: list[str]) -> bool:
+    """Whether ``argv`` has a shape the thin path may take."""
+    return shape(argv) is not None or curl_url(argv) is not None
+
+
+def _switched_off() -> bool:
+    return bool(os.environ.get(OFF) == "0" or os.environ.get("DAP_DEBUG")
+                or os.environ.get("INVOKE_RUNTIME_CONFIG"))
 
 
 # -- JSON without the json module (which imports re) ------------------------------------
@@ -423,9 +440,10 @@ class KeeperCall:
                 raise OSError("the keeper closed the connection")
             self.buffer += data
 
-    def start(self, command: str, fds: list[int], stdin: str | None) -> bool:
-        """Connect, say hello, hand the command over: True once the keeper has it (it
-        runs it from here on), False if it never will."""
+    def start(self, request: dict, fds: list[int]) -> bool:
+        """Connect, say hello, hand ``request`` (``run`` or ``curl``, the record's config
+        added) over: True once the keeper has it (it runs it from here on), False if it
+        never will."""
         record = self.record
         try:
             self._connect()
@@ -436,8 +454,7 @@ class KeeperCall:
             self.send({"op": "hello"})
             if (self.receive(record["hello_wait"]) or {}).get("op") != "hello":
                 return False
-            self.send({"op": "run", "config": record["config"], "command": command,
-                       "stdin": stdin}, fds)
+            self.send({**request, "config": record["config"]}, fds)
             if (self.receive(record["hello_wait"]) or {}).get("op") != "accepted":
                 return False
             self.send({"op": "go"})
@@ -551,19 +568,43 @@ def run(words: list[str], record: dict) -> int | None:
     keeper did not take the command (nothing ran)."""
     command = record["prefix"] + "".join(" " + quote(word) for word in words)
     stdin = _stdin_fd()
-    call = KeeperCall(record)
-    try:
-        if not call.start(command, [1, 2] if stdin is None else [1, 2, stdin],
-                          None if stdin is None else "fd"):
-            return None
-        outcome = call.follow()
-    finally:
-        call.close()
+    request = {"op": "run", "command": command, "stdin": None if stdin is None else "fd"}
+    outcome = _through_keeper(record, request, [1, 2] if stdin is None else [1, 2, stdin])
+    if outcome is None:
+        return None
     if outcome.get("op") == "exit":
         code = int(outcome["code"])
         if code == 127 and not _kubectl_present(record):
             _say(record["lines"]["kubectl_missing"])
         return code
+    return _failed(outcome)
+
+
+def curl(url: str, record: dict) -> int | None:
+    """``k8s.curl URL`` through the record's keeper, which prints what the task prints: the
+    exit code, or None if the keeper did not take the request (nothing ran)."""
+    outcome = _through_keeper(record, {"op": "curl", "url": url}, [1, 2])
+    if outcome is None:
+        return None
+    if outcome.get("op") == "exit":
+        return int(outcome["code"])
+    return _failed(outcome)
+
+
+def _through_keeper(record: dict, request: dict, fds: list[int]) -> dict | None:
+    """Hand ``request`` to the record's keeper and follow it to its outcome (None: the
+    keeper did not take it)."""
+    call = KeeperCall(record)
+    try:
+        if not call.start(request, fds):
+            return None
+        return call.follow()
+    finally:
+        call.close()
+
+
+def _failed(outcome: dict) -> int:
+    """Say an error outcome's line as the full path would; its exit code."""
     code = int(outcome.get("exit_code") or 255)
     if code != 141:  # a reader that went away: silent, as a pipeline member's SIGPIPE
         _say(str(outcome.get("line") or f"dapfab: {outcome.get('message')}"))
@@ -573,14 +614,13 @@ def run(words: list[str], record: dict) -> int | None:
 def _kubectl_present(record: dict) -> bool:
     """Whether the VM's login shell finds kubectl, asked through the keeper."""
     null = os.open(os.devnull, os.O_RDWR)
-    call = KeeperCall(record)
     try:
-        if not call.start(record["lookup"], [null, null], None):
-            return True  # cannot tell: say nothing rather than something wrong
-        outcome = call.follow()
+        outcome = _through_keeper(
+            record, {"op": "run", "command": record["lookup"], "stdin": None}, [null, null])
     finally:
-        call.close()
         os.close(null)
+    if outcome is None:
+        return True  # cannot tell: say nothing rather than something wrong
     return outcome.get("op") != "exit" or outcome.get("code") == 0
 
 
@@ -595,9 +635,14 @@ def main(argv: list[str]) -> int:
     """``dap ARGV``: the thin path if it can take the call, else the full program."""
     previous = {signum: _signal.signal(signum, _raise) for signum in SIGNAL_EXIT}
     try:
-        words = shape(argv)
-        record = None if words is None else read_record(Situation())
-        code = None if record is None or _doubtful(words, record) else run(words, record)
+        words, url = shape(argv), curl_url(argv)
+        record = None if words is None and url is None else read_record(Situation())
+        if record is None:
+            code = None
+        elif url is not None:
+            code = curl(url, record)
+        else:
+            code = None if _doubtful(words, record) else run(words, record)
     except _Interrupt as stop:
         _say(f"dapfab: laptop: interrupted by {SIGNAL_NAMES[stop.signum]}")
         return SIGNAL_EXIT[stop.signum]

@@ -35,7 +35,7 @@ def arm(argv: list[str]) -> None:
     path's shape (before any config file is read, so that a file changed meanwhile makes
     the record stale rather than wrong)."""
     global _armed
-    _armed = thin.Situation() if thin.shape(argv) is not None else None
+    _armed = thin.Situation() if thin.takes(argv) else None
 
 
 def remember(call: Call) -> None:

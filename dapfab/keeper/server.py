@@ -20,16 +20,19 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
+from dapfab import curl
 from dapfab.config import RunnerConfig
 from dapfab.connection import Pool
-from dapfab.errors import DapError
+from dapfab.errors import DapError, OutputClosed
 from dapfab.execution import RemoteProcess
 from dapfab.helpers import HelperPool
 from dapfab.identity import ConnectionIdentity
 from dapfab.keeper import place, wire
 from dapfab.remote.launcher import HEARTBEAT_TIMEOUT
+from dapfab.result import Result
 from dapfab.streams import StreamSink
 
 log = logging.getLogger("dapfab.keeper")
@@ -186,6 +189,8 @@ class ClientSession:
                 wire.send(self.conn, {"op": "stopped"})
             elif op == "run":
                 self._run(*got)
+            elif op == "curl":
+                self._curl(got[0])
         except wire.Closed:
             pass
         finally:
@@ -193,49 +198,98 @@ class ClientSession:
             self._close_files()
 
     def _run(self, message: dict[str, Any], payload: bytes) -> None:
+        """A command, its output on the client's descriptors."""
+        files = self._start(message)
+        if files is None:
+            return
+        stdout, stderr, *rest = files
+        in_stream: Any = None
+        if message.get("stdin") == "fd" and rest:
+            in_stream = rest[0]
+        elif message.get("stdin") == "data":
+            in_stream = io.BytesIO(payload)
+        config = RunnerConfig(**message["config"])
+
+        def work(watched: Callable[..., int]) -> int:
+            return watched(RemoteProcess(
+                config, message["command"], on_stdout=StreamSink(stdout),
+                on_stderr=StreamSink(stderr), in_stream=in_stream, reuse=True,
+                helpers=self.keeper.helpers))
+
+        self._conclude(work)
+
+    def _curl(self, message: dict[str, Any]) -> None:
+        """``k8s.curl URL`` for the thin ``dap``: the request on this keeper's connection,
+        then what the task prints, on the client's descriptors, and its exit code."""
+        files = self._start(message)
+        if files is None:
+            return
+        stdout, stderr, *_ = files
+        config = RunnerConfig(**message["config"])
+
+        def work(watched: Callable[..., int]) -> int:
+            def run(script: str, stdin: bytes, limit: float) -> Result:
+                out: list[bytes] = []
+                err: list[bytes] = []
+                code = watched(RemoteProcess(
+                    config, script, on_stdout=out.append, on_stderr=err.append,
+                    in_stream=io.BytesIO(stdin), reuse=True, helpers=self.keeper.helpers),
+                    limit)
+                return Result(script, code, b"".join(out), b"".join(err))
+
+            return curl.show(curl.curl_with(run, str(message["url"])), stdout, stderr)
+
+        self._conclude(work)
+
+    def _start(self, message: dict[str, Any]) -> list[Any] | None:
+        """Take the request: its config must be of this keeper's identity; the passed
+        descriptors become files; ``accepted``, then the client's ``go`` (None: nothing
+        is to run)."""
         config = RunnerConfig(**message["config"])
         if ConnectionIdentity.of(config) != self.keeper.identity:
             wire.send(self.conn, {"op": "refused", "why": "another connection identity"})
-            return
+            return None
         fds = self.reader.take_fds()
-        out_fd, err_fd, *rest = fds
-        stdout = os.fdopen(out_fd, "wb")
-        stderr = os.fdopen(err_fd, "wb")
-        self.files += [stdout, stderr]
-        in_stream: Any = None
-        if message.get("stdin") == "fd" and rest:
-            in_stream = os.fdopen(rest[0], "rb", buffering=0)
-            self.files.append(in_stream)
-        elif message.get("stdin") == "data":
-            in_stream = io.BytesIO(payload)
+        files = [os.fdopen(fd, "wb") for fd in fds[:2]]
+        files += [os.fdopen(fd, "rb", buffering=0) for fd in fds[2:3]]
+        self.files += files
         wire.send(self.conn, {"op": "accepted"})
         got = self.reader.next(GO_WAIT)
         if got is None or got[0].get("op") != "go":
-            return  # the client gave up before confirming: the command never runs
-        process = RemoteProcess(
-            config, message["command"], on_stdout=StreamSink(stdout),
-            on_stderr=StreamSink(stderr), in_stream=in_stream, reuse=True, helpers=self.keeper.helpers,
-        )
-        outcome: dict[str, Any] = {}
-        done = threading.Event()
-        watcher = threading.Thread(target=self._watch, args=(process, done), daemon=True)
-        watcher.start()
-        self._wait(process, outcome)
-        done.set()
+            return None  # the client gave up before confirming: the command never runs
+        return files
+
+    def _conclude(self, work: Callable[[Callable[..., int]], int]) -> None:
+        """Run ``work(watched)``, where ``watched(process, limit)`` waits for a remote
+        process while the client is followed (:meth:`_watch`); then close the client's
+        descriptors and send the exit code or the error."""
+        watchers: list[threading.Thread] = []
+
+        def watched(process: RemoteProcess, limit: float | None = None) -> int:
+            done = threading.Event()
+            watcher = threading.Thread(target=self._watch, args=(process, done), daemon=True)
+            watcher.start()
+            watchers.append(watcher)
+            try:
+                with process:
+                    return process.wait(limit)
+            finally:
+                done.set()
+
+        try:
+            outcome: dict[str, Any] = {"op": "exit", "code": work(watched)}
+        except DapError as err:
+            outcome = {"op": "error", **err.to_wire()}
+        except BrokenPipeError:  # the reader of the client's output went away
+            outcome = {"op": "error", **OutputClosed("output closed").to_wire()}
+        except Exception as exc:  # a bug: say so instead of hanging the client
+            outcome = {"op": "error", **DapError(f"keeper: {exc!r}", hop="keeper",
+                                                 hint="run with DAP_SSH_PERSIST=0",
+                                                 exit_code=255).to_wire()}
         self._close_files()  # before the exit code: `out=$(inv ...)` returns at once
         self._send(outcome)
-        watcher.join()
-
-    def _wait(self, process: RemoteProcess, outcome: dict[str, Any]) -> None:
-        try:
-            with process:
-                outcome.update(op="exit", code=process.wait())
-        except DapError as err:
-            outcome.update(op="error", **err.to_wire())
-        except Exception as exc:  # a bug: say so instead of hanging the client
-            outcome.update(op="error", **DapError(f"keeper: {exc!r}", hop="keeper",
-                                                  hint="run with DAP_SSH_PERSIST=0",
-                                                  exit_code=255).to_wire())
+        for watcher in watchers:
+            watcher.join()
 
     def _send(self, message: dict[str, Any]) -> None:
         with self.send_lock:

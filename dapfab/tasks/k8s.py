@@ -26,6 +26,8 @@ from dapfab.commands import (
 from dapfab.config import DEFAULTS, RunnerConfig
 from dapfab.curl import DEFAULT_TIMEOUT as CURL_TIMEOUT
 from dapfab.curl import curl_dry_argv, header_lines, runner_curl
+from dapfab.curl import exit_code as curl_exit_code
+from dapfab.curl import show as show_response
 from dapfab.errors import CommandError, ConfigError, DapError, render, shown
 from dapfab.quoting import join, quote
 from dapfab.streams import on_terminal
@@ -347,18 +349,22 @@ def curl(
         _curl_fan_out(c, names, url, request, join(dry), json=json, no_fail=no_fail,
                       parallel=parallel)
         return
-    config = resolve_call(c, names[0] if names else None).config
-    if announce(c, incus_command(config, join(dry))):
+    from dapfab import thinrecord  # the keeper client: not at `inv --list`
+
+    call = resolve_call(c, names[0] if names else None)
+    if announce(c, incus_command(call.config, join(dry))):
         return
-    response = runner_curl(config, url, **request)
-    print(f"HTTP {response.status}", file=sys.stderr, flush=True)
+    if not any(run_options(c).values()):
+        thinrecord.remember(call)
+    response = runner_curl(call.config, url, **request)
     if json:
+        print(f"HTTP {response.status}", file=sys.stderr, flush=True)
         print(json_text(response_json(response), indent=2), flush=True)
+        code = curl_exit_code(response, no_fail=no_fail)
     else:
-        sys.stdout.buffer.write(response.body)
-        sys.stdout.buffer.flush()
-    if response.status >= 400 and not no_fail:
-        raise Exit(code=22)
+        code = show_response(response, sys.stdout.buffer, sys.stderr.buffer, no_fail=no_fail)
+    if code:
+        raise Exit(code=code)
 
 
 def _curl_fan_out(c: Context, names: list[str], url: str, request: dict[str, Any], dry: str, *,
@@ -385,7 +391,7 @@ def _curl_fan_out(c: Context, names: list[str], url: str, request: dict[str, Any
         else:
             out.write(response.body)
             out.close()
-        return response, 22 if response.status >= 400 and not no_fail else 0
+        return response, curl_exit_code(response, no_fail=no_fail)
 
     _finish_fan_out(fan_out(names, work, parallel=fan_out_parallel(c, parallel)))
 

@@ -1,5 +1,5 @@
 """The thin ``dap`` (docs/design.md §17): with a record and a live keeper, ``dap
-k8s.kubectl -- ARGS`` imports no Invoke, Fabric, paramiko or YAML, gives byte for byte
+k8s.kubectl -- ARGS`` and ``dap k8s.curl URL`` import no Invoke, Fabric, paramiko or YAML, give byte for byte
 what the full path gives, and falls back to the full path when anything it recorded
 changed."""
 
@@ -177,6 +177,32 @@ def test_the_thin_path_gives_what_the_full_path_gives(project, plugins, case):
         assert thin.returncode != 0
 
 
+CURL_CASES = {
+    "200 and a body": "/status/200",
+    "binary body": "/binary",
+    "404: exit 22": "/status/404",
+    "curl fails: nothing listens": "http://127.0.0.1:1/",
+    "a URL the task refuses": "http://:8080/",
+}
+
+
+@pytest.mark.parametrize("case", list(CURL_CASES))
+def test_a_thin_curl_gives_what_the_full_path_gives(lab, project, case):
+    """``dap k8s.curl URL`` after a thin-ready kubectl call (the record serves both tasks):
+    no Invoke, and the same status line, body, error line and exit code as the full path."""
+    thin_ready(project)
+    where = CURL_CASES[case]
+    url = where if "://" in where else f"http://{lab.cluster_address}:8080{where}"
+    full, imported_full = dap(project, "k8s.curl", url, thin=False)
+    thin, imported_thin = dap(project, "k8s.curl", url)
+    assert "invoke" in imported_full and not imported_thin & HEAVY
+    assert (thin.returncode, thin.stdout, thin.stderr) == (
+        full.returncode, full.stdout, full.stderr)
+    assert thin.returncode == {"200 and a body": 0, "binary body": 0, "404: exit 22": 22,
+                               "curl fails: nothing listens": 7,
+                               "a URL the task refuses": 2}[case], thin.stderr
+
+
 def start_thin(project, *words: str, **kwargs) -> subprocess.Popen:
     """``dap k8s.kubectl -- WORDS`` in the background (SIGINT at its default, as in a shell's
     foreground job)."""
@@ -222,6 +248,22 @@ def test_a_reader_that_goes_away_ends_the_thin_call_with_141_silently(lab, proje
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_thin_curl_whose_reader_goes_away_exits_141_silently(lab, project):
+    """``dap k8s.curl URL | head -c 1`` on a body larger than a pipe holds: the keeper's
+    write fails, and dap ends as the full path does (141, nothing said)."""
+    thin_ready(project)
+    repo, _, env = project
+    url = f"http://{lab.cluster_address}:8080/bytes/300000"
+    script = '"$@" | head -c 1 >/dev/null; echo "${PIPESTATUS[0]}" >&2'
+    outcomes = []
+    for thin in ("1", "0"):
+        done = subprocess.run(["bash", "-c", script, "dap", *THIN, "k8s.curl", url], cwd=repo,
+                              env=dict(env, DAPFAB_THIN=thin), capture_output=True, timeout=60)
+        errors, imported = split_stderr(done.stderr)
+        outcomes.append((errors, "invoke" in imported))
+    assert outcomes == [(b"HTTP 200\n141\n", False), (b"HTTP 200\n141\n", True)]
 
 
 def _state(pid: int) -> str:

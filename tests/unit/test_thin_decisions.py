@@ -88,11 +88,28 @@ def test_only_the_exact_shape_k8s_kubectl_dashdash_words_is_thin(argv, taken):
     assert (thin.shape(argv) is not None) is taken
 
 
+@pytest.mark.parametrize(("argv", "url"), [
+    (["k8s.curl", "http://web:8080/healthz"], "http://web:8080/healthz"),
+    (["k8s.curl", "HTTPS://web/"], "HTTPS://web/"),
+    (["k8s.curl", "--json", "http://web/"], None),
+    (["k8s.curl", "http://web/", "--no-fail"], None),
+    (["k8s.curl", "-X", "POST"], None),
+    (["k8s.curl", "--help"], None),
+    (["k8s.curl", "web:8080"], None),  # the task's error, said by the full path
+    (["k8s.curl"], None),
+    (["k8s.kubectl", "http://web/"], None),
+])
+def test_only_k8s_curl_with_one_http_url_is_a_thin_curl(argv, url):
+    assert thin.curl_url(argv) == url
+    assert thin.takes(argv) is (url is not None)
+
+
 @pytest.mark.parametrize("variable", ["DAPFAB_THIN=0", "DAP_DEBUG=1", "INVOKE_RUNTIME_CONFIG=x"])
 def test_a_switch_in_the_environment_takes_the_full_path(monkeypatch, variable):
     name, value = variable.split("=")
     monkeypatch.setenv(name, value)
     assert thin.shape(["k8s.kubectl", "--", "get"]) is None
+    assert thin.curl_url(["k8s.curl", "http://web/"]) is None
 
 
 def test_the_record_holds_what_the_full_path_resolved(situation):

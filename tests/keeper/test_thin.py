@@ -205,10 +205,12 @@ def test_a_thin_curl_gives_what_the_full_path_gives(lab, project, case):
 
 def start_thin(project, *words: str, **kwargs) -> subprocess.Popen:
     """``dap k8s.kubectl -- WORDS`` in the background (SIGINT at its default, as in a shell's
-    foreground job)."""
+    foreground job), in a process group of its own in this session, as a shell job is: in a
+    group whose parent is outside the session (a CI job whose shell has exited) the kernel
+    discards Ctrl-Z's stop."""
     repo, _, env = project
     return subprocess.Popen([*THIN, "k8s.kubectl", "--", *words], cwd=repo, env=env,
-                            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, process_group=0,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             **kwargs)
 

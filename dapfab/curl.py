@@ -254,20 +254,11 @@ def runner_curl(
                      insecure=insecure)
 
 
-def curl_with(
-    run: Callable[[str, bytes, float], Result],
-    url: str,
-    *,
-    method: str = "GET",
-    headers: Mapping[str, str] | Iterable[str] | None = (),
-    data: bytes | str | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
-    insecure: bool = False,
-) -> Response:
-    """:func:`runner_curl` with the call made by ``run(script, stdin, time limit)``, which
-    returns the script's Result with its output captured (the keeper runs it on its own
-    connection)."""
-    script, payload, timeout = _request(url, method, headers, data, timeout, insecure)
+def curl_with(run: Callable[[str, bytes, float], Result], url: str, **request: Any) -> Response:
+    """:func:`runner_curl` (whose keyword arguments ``request`` takes, ``abort`` aside) with
+    the call made by ``run(script, stdin, time limit)``, which returns the script's Result
+    with its output captured (the keeper runs it on its own connection)."""
+    script, payload, timeout = _request(url, **request)
     try:
         result = run(script, payload, timeout + GRACE)
     except DapTimeout as err:
@@ -291,7 +282,13 @@ def exit_code(response: Response, *, no_fail: bool = False) -> int:
 
 
 def _request(
-    url: str, method: str, headers: Any, data: bytes | str | None, timeout: float, insecure: bool
+    url: str,
+    *,
+    method: str = "GET",
+    headers: Mapping[str, str] | Iterable[str] | None = (),
+    data: bytes | str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    insecure: bool = False,
 ) -> tuple[str, bytes, float]:
     """The VM script, its stdin (curl's config, then the body) and the validated timeout."""
     url = validate_url(url)

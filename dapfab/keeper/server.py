@@ -199,16 +199,15 @@ class ClientSession:
 
     def _run(self, message: dict[str, Any], payload: bytes) -> None:
         """A command, its output on the client's descriptors."""
-        files = self._start(message)
-        if files is None:
+        taken = self._start(message)
+        if taken is None:
             return
-        stdout, stderr, *rest = files
+        config, (stdout, stderr, *rest) = taken
         in_stream: Any = None
         if message.get("stdin") == "fd" and rest:
             in_stream = rest[0]
         elif message.get("stdin") == "data":
             in_stream = io.BytesIO(payload)
-        config = RunnerConfig(**message["config"])
 
         def work(watched: Callable[..., int]) -> int:
             return watched(RemoteProcess(
@@ -221,11 +220,10 @@ class ClientSession:
     def _curl(self, message: dict[str, Any]) -> None:
         """``k8s.curl URL`` for the thin ``dap``: the request on this keeper's connection,
         then what the task prints, on the client's descriptors, and its exit code."""
-        files = self._start(message)
-        if files is None:
+        taken = self._start(message)
+        if taken is None:
             return
-        stdout, stderr, *_ = files
-        config = RunnerConfig(**message["config"])
+        config, (stdout, stderr, *_) = taken
 
         def work(watched: Callable[..., int]) -> int:
             def run(script: str, stdin: bytes, limit: float) -> Result:
@@ -241,10 +239,10 @@ class ClientSession:
 
         self._conclude(work)
 
-    def _start(self, message: dict[str, Any]) -> list[Any] | None:
+    def _start(self, message: dict[str, Any]) -> tuple[RunnerConfig, list[Any]] | None:
         """Take the request: its config must be of this keeper's identity; the passed
-        descriptors become files; ``accepted``, then the client's ``go`` (None: nothing
-        is to run)."""
+        descriptors become files; ``accepted``, then the client's ``go``. The config and
+        the files, or None: nothing is to run."""
         config = RunnerConfig(**message["config"])
         if ConnectionIdentity.of(config) != self.keeper.identity:
             wire.send(self.conn, {"op": "refused", "why": "another connection identity"})
@@ -257,7 +255,7 @@ class ClientSession:
         got = self.reader.next(GO_WAIT)
         if got is None or got[0].get("op") != "go":
             return None  # the client gave up before confirming: the command never runs
-        return files
+        return config, files
 
     def _conclude(self, work: Callable[[Callable[..., int]], int]) -> None:
         """Run ``work(watched)``, where ``watched(process, limit)`` waits for a remote
@@ -357,16 +355,7 @@ def main(argv: list[str]) -> int:
 def _close_inherited() -> None:
     """Close every descriptor above stderr that the spawner passed on by mistake (a pipe
     left open here would keep its reader waiting for as long as the keeper lives)."""
-    try:
-        fds = [int(name) for name in os.listdir("/proc/self/fd")]
-    except OSError:
-        fds = list(range(3, 256))
-    for fd in fds:
-        if fd > 2:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
 
 
 def _read_stdin(limit: int) -> bytes:

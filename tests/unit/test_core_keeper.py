@@ -5,8 +5,11 @@ commands running on the fake channel of ``fakeremote``."""
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import io
+import json
 import os
+import select
 import shutil
 import tempfile
 import threading
@@ -15,9 +18,10 @@ import time
 import pytest
 from fakeremote import FakeHost, Job
 
-from dapfab import errors
+from dapfab import errors, thin
 from dapfab.config import RunnerConfig
 from dapfab.errors import DapTimeout, Interrupted, RunnerError
+from dapfab.identity import ConnectionIdentity
 from dapfab.keeper import client, place, wire
 from dapfab.keeper.server import Keeper
 
@@ -214,3 +218,53 @@ def test_stop_ends_the_keeper_and_removes_its_socket(keeper):
     assert client.stop(config) == [os.getpid()]
     assert client.status(config) is None
     assert not os.path.exists(server.socket_path)
+
+
+def test_a_keeper_started_while_another_stops_waits_for_the_lock_and_serves(runtime, tmp_path):
+    """The lock held without a socket (a keeper stopping, just after `config.disconnect`): a
+    new keeper waits for it instead of exiting, and serves once it is free."""
+    config = RunnerConfig(ssh_host="ops@mgmt.example", vm_name="runner",
+                          known_hosts=str(tmp_path / "known_hosts"), persist=30)
+    server = Keeper(config, helpers=FakeHost().pool())
+    place.directory()
+    held = os.open(place.lock_path(server.socket_path), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.5)
+        assert thread.is_alive() and client.status(config) is None  # waiting, not serving
+        os.close(held)  # the old keeper is gone
+        deadline = time.monotonic() + 5
+        while client.status(config) is None:
+            assert time.monotonic() < deadline, "the new keeper did not serve"
+            time.sleep(0.02)
+    finally:
+        server.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_a_spawned_keeper_holds_no_descriptor_its_spawner_passed_on(runtime, tmp_path):
+    """A pipe the caller left inheritable (a shell's fd 3, a CI runner's log pipe) is closed
+    in the keeper at once: its reader sees EOF when the caller exits, not when the keeper
+    does, ``persist`` seconds later."""
+    config = RunnerConfig(ssh_host="ops@127.0.0.1:1", vm_name="runner",
+                          known_hosts=str(tmp_path / "known_hosts"), persist=30)
+    reader, writer = os.pipe()
+    os.set_inheritable(writer, True)
+    try:
+        thin.spawn_keeper(ConnectionIdentity.of(config).digest(),
+                          json.dumps(dataclasses.asdict(config)).encode())
+    finally:
+        os.close(writer)
+    try:
+        deadline = time.monotonic() + 20
+        while client.status(config) is None:
+            assert time.monotonic() < deadline, "the keeper did not listen"
+            time.sleep(0.05)
+        ready, _, _ = select.select([reader], [], [], 10)
+        assert ready and os.read(reader, 1) == b"", "the keeper holds the caller's pipe"
+    finally:
+        client.stop(config)
+        os.close(reader)

@@ -471,8 +471,7 @@ class KeeperCall:
             return
         except (FileNotFoundError, ConnectionRefusedError):
             pass
-        settings = dumps(self.record["config"]).encode()
-        child = spawn_keeper(self.record["digest"], settings)
+        child = spawn_keeper(self.record["digest"], dumps(self.record["config"]).encode())
         deadline = time.monotonic() + self.record["start_wait"]
         while True:
             time.sleep(0.005)
@@ -481,13 +480,12 @@ class KeeperCall:
                 return
             except (FileNotFoundError, ConnectionRefusedError):
                 pass
-            done, status = os.waitpid(child, os.WNOHANG)
-            if done:
-                if os.waitstatus_to_exitcode(status) != 0:
+            if child:
+                done, status = os.waitpid(child, os.WNOHANG)
+                if done and os.waitstatus_to_exitcode(status) != 0:
                     raise OSError("the keeper did not start")
-                # Exit 0: another keeper holds the lock; it listens soon, or it was stopping
-                # and a keeper started now takes over.
-                child = spawn_keeper(self.record["digest"], settings)
+                if done:  # exit 0: another keeper serves (it waited for a stopping one)
+                    child = 0
             if time.monotonic() > deadline:
                 raise OSError("no keeper listens")
 

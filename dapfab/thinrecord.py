@@ -45,10 +45,11 @@ def remember(call: Call) -> None:
     if situation is None or not call.config.persist:
         return
     try:
+        digest = ConnectionIdentity.of(call.config).digest()  # stamps the SSH config files
         record = {
             "version": thin.VERSION, "cwd": situation.cwd, "files": situation.files,
-            "socket": keeper.socket_path(call.config),
-            "digest": ConnectionIdentity.of(call.config).digest(),
+            "socket": place.socket_path(place.directory(), digest),
+            "digest": digest,
             "config": dataclasses.asdict(call.config),
             "prefix": kubectl_command([], namespace=call.namespace, context=call.context),
             "laptop_files": call.laptop_files,
